@@ -1,0 +1,154 @@
+"""The `Estimator` interface and the checks and arithmetic all estimators share.
+
+Shapes: `B` examples, `D` units of a stochastic layer, `K` samples per example
+(`K = 2 * n_pairs` for the antithetic estimators). Samples are float32 tensors
+of exact 0/1 values, `[K, B, D]`; `f` maps them to `[K, B]`.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+Objective = Callable[[Tensor], Tensor]
+"""Single-layer objective: float samples `[K, B, D]` -> values `[K, B]`."""
+
+ChainObjective = Callable[[list[Tensor], list[Tensor]], Tensor]
+"""Chain objective: (samples `[K, B, D_l]` per layer, detached float32 logits
+`[K, B, D_l]` per layer) -> values `[K, B]`."""
+
+LogitsLayer = Callable[[Tensor], Tensor]
+"""Maps samples of one layer `[K, B, D_l]` to the logits of the next `[K, B, D_{l+1}]`."""
+
+
+@dataclass
+class EstimatorOutput:
+    """What an estimator call returns.
+
+    loss: scalar to minimise. Its value is `-mean(f)`; its gradient with
+        respect to the logits is `-g / B` and with respect to parameters used
+        inside `f` it is `-(1 / (K * B)) * sum d f / d param`.
+    f_values: `[K, B]` values of `f` on the samples (float32, detached).
+    samples: `[K, B, D]` samples `f` was evaluated on (a list of one tensor
+        per layer for chains).
+    """
+
+    loss: Tensor
+    f_values: Tensor
+    samples: Tensor | list[Tensor]
+
+
+def float32_arithmetic(device: torch.device) -> contextlib.AbstractContextManager:
+    """Context that turns autocast off so estimator arithmetic runs in float32."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def check_count(name: str, value: int, minimum: int) -> int:
+    """Return `value` if it is an integer >= `minimum`, else raise ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_logits(logits: Tensor, name: str = "logits") -> None:
+    """Raise ValueError unless `logits` is a finite floating-point `[B, D]` tensor."""
+    if not isinstance(logits, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape [B, D], got {type(logits).__name__}")
+    if logits.dim() != 2:
+        raise ValueError(
+            f"{name} must have shape [B, D] (batch, units), got {list(logits.shape)}; "
+            "flatten extra dimensions into D"
+        )
+    if not logits.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {logits.dtype}")
+    if logits.numel() == 0:
+        raise ValueError(f"{name} is empty: shape {list(logits.shape)}")
+
+
+def evaluate_objective(f: Callable[..., Tensor], expected: tuple[int, int], *inputs) -> Tensor:
+    """Call `f(*inputs)` once and check its result is finite with shape `expected` ([K, B])."""
+    values = f(*inputs)
+    if not isinstance(values, Tensor):
+        raise ValueError(f"f must return a tensor of shape [K, B] = {list(expected)}, got {type(values).__name__}")
+    if tuple(values.shape) != tuple(expected):
+        raise ValueError(
+            f"f must return one value per sample and example, shape [K, B] = {list(expected)}, "
+            f"got {list(values.shape)}"
+        )
+    finite = torch.isfinite(values.detach())
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(
+            f"f returned {bad} non-finite values (nan or inf) out of {values.numel()}; "
+            "check the model for overflow (e.g. log of 0) or lower the learning rate"
+        )
+    return values
+
+
+def bernoulli_log_prob(samples: Tensor, logits: Tensor) -> Tensor:
+    """log q(b) summed over units: samples and logits broadcast to `[..., D]` -> `[...]`."""
+    logits, samples = torch.broadcast_tensors(logits, samples)
+    return -nn.functional.binary_cross_entropy_with_logits(logits, samples, reduction="none").sum(-1)
+
+
+def surrogate_loss(f_values: Tensor, logits: Sequence[Tensor], gradients: Sequence[Tensor], batch_size: int) -> Tensor:
+    """Loss with value `-mean(f)`, gradient `-g_l / B` w.r.t. each `logits[l]`.
+
+    f_values: `[K, B]`, differentiable w.r.t. parameters inside `f`.
+    logits/gradients: matching tensors (`[B, D]` or `[N, B, D]`); each
+        gradient is detached float32 and is summed against its logits.
+    """
+    linear = sum((g.detach() * phi.float()).sum() for phi, g in zip(logits, gradients))
+    return -(f_values.float().mean() + (linear - linear.detach()) / batch_size)
+
+
+class Estimator(nn.Module, abc.ABC):
+    """An unbiased estimator of `d E_q[f(b)] / d logits` for factorised Bernoulli `q`.
+
+    A subclass implements `chain(logits, layers, f)` (several layers; the
+    single-layer call is its one-layer case) or, for estimators defined on
+    one layer only, overrides `forward(logits, f)`. Learned state
+    (baselines, control-variate coefficients) lives in the module, so it is
+    saved in checkpoints and follows `.to(device)`. State updates happen only
+    in training mode with gradients enabled.
+    """
+
+    #: Learning rate for the estimator's own parameters (None: it has none).
+    lr: float | None = None
+
+    @property
+    @abc.abstractmethod
+    def n_evaluations(self) -> int:
+        """Evaluations of `f` per example (per layer for antithetic chains)."""
+
+    def forward(self, logits: Tensor, f: Objective) -> EstimatorOutput:
+        """Estimate for one layer: logits `[B, D]`, `f`: `[K, B, D]` -> `[K, B]`."""
+        out = self.chain(logits, [], lambda samples, _logits: f(samples[0]))
+        out.samples = out.samples[0]
+        return out
+
+    def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
+        """Estimate for a chain `q(b_1 | x) q(b_2 | b_1) ...`.
+
+        logits: `[B, D_1]` logits of the first layer.
+        layers: callables mapping samples of layer l `[K, B, D_l]` to logits
+            of layer l+1 `[K, B, D_{l+1}]` (their parameters learn through
+            the estimator's gradient).
+        f: called once as `f(samples, logits)` with per-layer lists of
+            `[K, B, D_l]` samples and detached float32 logits; returns `[K, B]`.
+        """
+        raise ValueError(f"{type(self).__name__} does not support several stochastic layers")
+
+    def updates_state(self) -> bool:
+        """Whether this call may update learned state (training with autograd on)."""
+        return self.training and torch.is_grad_enabled()
+
+    def extra_repr(self) -> str:
+        return f"n_evaluations={self.n_evaluations}"

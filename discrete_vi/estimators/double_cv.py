@@ -1,0 +1,137 @@
+"""RLOO with double control variates (Titsias & Shi, AISTATS 2022), one stochastic layer.
+
+With `grad_k = d f / d b` at `b = b_k`, `S_k = b_k - theta` and a learned scalar alpha:
+
+    c_k = alpha * < 1/(K-1) sum_{j != k} grad_j , S_k >
+    g   = 1/(K-1) sum_k (h_k - mean_j h_j) S_k - alpha * mean_j grad_j * theta (1 - theta),  h = f + c
+
+`g = g0 + alpha * g1` is linear in alpha (g0 is plain RLOO). The gradients
+`grad_k` come from the same backward pass that gives the decoder its gradient:
+the samples pass through `_DoubleCVLink`, an identity in the forward pass
+whose backward receives `d loss / d samples = -grad_k / (K * B)` (times the
+loss's upstream scale, e.g. a gradient scaler's or accumulation's, which a
+zero-valued probe added to the loss measures) and returns `-g / B` for the
+logits and `d mean(g**2) / d alpha` for alpha. So the estimator costs K
+evaluations of `f` and one backward pass, as RLOO does; the samples must
+reach the loss only through `f`.
+
+alpha starts at 0 and is learned by gradient descent on `mean(g**2)` (the
+estimate's second moment, whose minimiser is the variance minimiser since
+the mean does not depend on alpha), with its own learning rate `alpha_lr`
+(`Estimator.lr`; the paper's code uses Adam with 1e-3). Put
+`estimator.parameters()` in your optimizer with that rate; the models in
+this package do so in a parameter group of their own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from discrete_vi.estimators.base import (
+    Estimator,
+    EstimatorOutput,
+    Objective,
+    check_count,
+    check_logits,
+    evaluate_objective,
+    float32_arithmetic,
+)
+from discrete_vi.estimators.sampling import draw_bernoulli
+
+
+class _BackwardInputs:
+    """What the backward pass needs that only exists after the forward call."""
+
+    f_values: Tensor | None = None
+
+
+def double_cv_terms(f_values: Tensor, samples: Tensor, theta: Tensor, grads: Tensor) -> tuple[Tensor, Tensor]:
+    """The two parts of `g = g0 + alpha * g1`, each `[B, D]` float32.
+
+    f_values: `[K, B]`; samples, grads: `[K, B, D]`; theta: `[B, D]`.
+    """
+    n_samples = samples.shape[0]
+    scores = samples - theta
+    leave_one_out_grads = (grads.sum(0, keepdim=True) - grads) / (n_samples - 1)
+    controls = (leave_one_out_grads * scores).sum(-1)  # [K, B]: c_k / alpha
+
+    def rloo(values: Tensor) -> Tensor:
+        centred = values - values.mean(0, keepdim=True)
+        return (centred.unsqueeze(-1) * scores).sum(0) / (n_samples - 1)
+
+    g0 = rloo(f_values)
+    g1 = rloo(controls) - grads.mean(0) * theta * (1.0 - theta)
+    return g0, g1
+
+
+class _DoubleCVLink(torch.autograd.Function):
+    """Identity on the samples whose backward forms the double-CV gradient."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, alpha: Tensor, samples: Tensor, pending: _BackwardInputs):
+        ctx.pending = pending
+        ctx.save_for_backward(logits, alpha, samples)
+        return samples.clone(), torch.zeros((), dtype=torch.float32, device=samples.device)
+
+    @staticmethod
+    def backward(ctx, grad_samples: Tensor | None, grad_probe: Tensor):
+        logits, alpha, samples = ctx.saved_tensors
+        n_samples, batch_size = samples.shape[:2]
+        with float32_arithmetic(samples.device):
+            scale = grad_probe.float()
+            if grad_samples is None or float(scale) == 0.0:
+                if grad_samples is None and float(scale) != 0.0:
+                    raise RuntimeError(
+                        "RLOODoubleCV: f is not differentiable in its samples (no gradient reached them); "
+                        "use RLOO for such f"
+                    )
+                return torch.zeros_like(logits), torch.zeros_like(alpha), None, None
+            grads = -grad_samples.float() * (n_samples * batch_size) / scale
+            theta = torch.sigmoid(logits.detach().float())
+            g0, g1 = double_cv_terms(ctx.pending.f_values, samples, theta, grads)
+            g = g0 + alpha.detach().float() * g1
+            grad_logits = (scale * (-g / batch_size)).to(logits.dtype)
+            grad_alpha = (scale * 2.0 * (g * g1).mean()).to(alpha.dtype)
+        return grad_logits, grad_alpha, None, None
+
+
+class RLOODoubleCV(Estimator):
+    """RLOO with double control variates for one stochastic layer.
+
+    n_samples: K >= 2 samples per example (any K).
+    alpha_lr: learning rate for alpha, exposed as `lr` (the paper: Adam, 1e-3).
+    """
+
+    def __init__(self, n_samples: int = 2, alpha_lr: float = 1e-3):
+        super().__init__()
+        self.n_samples = check_count("n_samples", n_samples, 2)
+        if not alpha_lr > 0:
+            raise ValueError(f"alpha_lr must be > 0, got {alpha_lr}")
+        self.lr = float(alpha_lr)
+        self.alpha = nn.Parameter(torch.zeros((), dtype=torch.float32))
+
+    @property
+    def n_evaluations(self) -> int:
+        return self.n_samples
+
+    def forward(self, logits: Tensor, f: Objective) -> EstimatorOutput:
+        check_logits(logits)
+        batch_size = logits.shape[0]
+        samples, _ = draw_bernoulli(logits.expand(self.n_samples, *logits.shape))
+        pending = _BackwardInputs()
+        linked, probe = _DoubleCVLink.apply(logits, self.alpha, samples, pending)
+        f_values = evaluate_objective(f, (self.n_samples, batch_size), linked)
+        values = f_values.detach().float()
+        pending.f_values = values
+        loss = -f_values.float().mean() + probe
+        return EstimatorOutput(loss=loss, f_values=values, samples=samples)
+
+    def chain(self, logits, layers, f):
+        raise ValueError(
+            "RLOODoubleCV is defined for one stochastic layer only (Titsias & Shi 2022); "
+            "for several layers use RLOO, ARM or DisARM"
+        )
+
+    def extra_repr(self) -> str:
+        return f"n_samples={self.n_samples}, alpha_lr={self.lr}"

@@ -1,0 +1,75 @@
+"""Drawing Bernoulli samples, one layer or a chain `q(b_1) q(b_2 | b_1) ...`.
+
+Every sample is drawn from a uniform by `b = 1[u < sigmoid(phi)]`, so the
+uniforms are kept for the antithetic estimators. Shapes: `[N, B, D_l]` for
+`N` chains of `B` examples with `D_l` units in layer `l`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from discrete_vi.estimators.base import LogitsLayer
+
+
+@dataclass
+class ChainSample:
+    """Samples, logits and uniforms of a (possibly partial) chain, one entry per layer.
+
+    `logits` keep their autograd graph (the layers' parameters learn through
+    them); `samples` and `uniforms` are float32 and detached.
+    """
+
+    logits: list[Tensor]
+    samples: list[Tensor] = field(default_factory=list)
+    uniforms: list[Tensor] = field(default_factory=list)
+
+    def detached_logits(self) -> list[Tensor]:
+        """Float32 logits without graph, as `f` receives them."""
+        return [phi.detach().float() for phi in self.logits]
+
+
+def draw_bernoulli(logits: Tensor, tie_halves: bool = False) -> tuple[Tensor, Tensor]:
+    """Samples `1[u < sigmoid(logits)]` and their uniforms `u`, both float32 like `logits`.
+
+    tie_halves: the first and second half of dim 0 share their uniforms
+        (common random numbers for the two branches of antithetic pairs).
+    """
+    shape = logits.shape
+    if tie_halves:
+        uniforms = torch.rand((shape[0] // 2, *shape[1:]), device=logits.device).repeat(2, *([1] * (len(shape) - 1)))
+    else:
+        uniforms = torch.rand(shape, device=logits.device)
+    samples = (uniforms < torch.sigmoid(logits.detach().float())).float()
+    return samples, uniforms
+
+
+def complete_chain(chain: ChainSample, layers: Sequence[LogitsLayer], tie_halves: bool = False) -> ChainSample:
+    """Sample every layer that `chain` lacks, down to the last of `layers`.
+
+    chain: logits for layers 1..m and samples for 1..m or 1..m-1.
+    layers: `layers[l]` maps samples of layer l+1 to logits of layer l+2.
+    Returns a new chain with `len(layers) + 1` layers.
+    """
+    logits, samples, uniforms = list(chain.logits), list(chain.samples), list(chain.uniforms)
+    while True:
+        if len(samples) < len(logits):
+            b, u = draw_bernoulli(logits[-1], tie_halves)
+            samples.append(b)
+            uniforms.append(u)
+        if len(samples) == len(layers) + 1:
+            return ChainSample(logits, samples, uniforms)
+        layer_index = len(samples) - 1
+        phi = layers[layer_index](samples[-1])
+        previous = samples[-1]
+        if not isinstance(phi, Tensor) or phi.dim() != 3 or phi.shape[:2] != previous.shape[:2]:
+            got = list(phi.shape) if isinstance(phi, Tensor) else type(phi).__name__
+            raise ValueError(
+                f"layer {layer_index + 2} logits must have shape [N, B, D] = "
+                f"[{previous.shape[0]}, {previous.shape[1]}, D], got {got}"
+            )
+        logits.append(phi)

@@ -1,0 +1,236 @@
+"""The public call's contract: loss value, gradients, formulas, bad input, mixed precision."""
+
+import pytest
+import torch
+from torch import nn
+
+from discrete_vi.estimators import ARM, RLOO, DisARM, Estimator, Reinforce, RLOODoubleCV
+from discrete_vi.estimators.double_cv import double_cv_terms
+from discrete_vi.exact import MAX_BITS, exact_objective
+
+ALL = {
+    "reinforce": lambda: Reinforce(2),
+    "reinforce-ema": lambda: Reinforce(2, baseline="ema"),
+    "rloo": lambda: RLOO(3),
+    "double_cv": lambda: RLOODoubleCV(3),
+    "arm": lambda: ARM(2),
+    "disarm": lambda: DisARM(2),
+}
+
+
+def decoder_objective(seed: int = 0, n_units: int = 4, n_pixels: int = 6):
+    """A small Bernoulli 'decoder' log-likelihood f(b) = log p(x | b): [K, B, D] -> [K, B]."""
+    g = torch.Generator().manual_seed(seed)
+    decoder = nn.Linear(n_units, n_pixels)
+    x = torch.bernoulli(torch.full((n_pixels,), 0.5), generator=g)
+
+    def f(b):
+        return -nn.functional.binary_cross_entropy_with_logits(
+            decoder(b), x.expand(*b.shape[:-1], -1), reduction="none"
+        ).sum(-1)
+
+    return decoder, f
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_loss_value_and_decoder_gradient(name):
+    torch.manual_seed(0)
+    estimator = ALL[name]()
+    decoder, f = decoder_objective()
+    logits = torch.randn(5, 4, requires_grad=True)
+    out = estimator(logits, f)
+    k = estimator.n_evaluations
+    assert out.f_values.shape == (k, 5) and out.samples.shape == (k, 5, 4)
+    assert set(out.samples.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(out.loss.detach(), -out.f_values.mean())
+    out.loss.backward()
+    # Decoder gradient: -(1/(K*B)) sum of d f / d param over the same samples.
+    expected = torch.autograd.grad(-f(out.samples).mean(), decoder.weight)[0]
+    torch.testing.assert_close(decoder.weight.grad, expected)
+
+
+def gradient_of(estimator: Estimator, logits, f, seed=3):
+    torch.manual_seed(seed)
+    leaf = logits.clone().requires_grad_(True)
+    out = estimator(leaf, f)
+    out.loss.backward()
+    return out, -leaf.shape[0] * leaf.grad
+
+
+def test_reinforce_follows_the_formula_and_updates_the_baseline_after():
+    _, f = decoder_objective()
+    logits = torch.randn(5, 4)
+    estimator = Reinforce(3, baseline="ema", decay=0.9)
+    with torch.no_grad():
+        estimator.baseline_average.fill_(-1.0)
+        estimator.baseline_steps.fill_(1.0)
+    baseline = estimator.current_baseline().item()
+    assert baseline == pytest.approx(-10.0)  # bias-corrected: -1 / (1 - 0.9)
+    out, g = gradient_of(estimator, logits, f)
+    theta = torch.sigmoid(logits)
+    expected = ((out.f_values - baseline).unsqueeze(-1) * (out.samples - theta)).mean(0)
+    torch.testing.assert_close(g, expected)
+    assert estimator.baseline_steps.item() == 2.0
+    assert estimator.baseline_average.item() == pytest.approx(-0.9 + 0.1 * out.f_values.mean().item())
+    estimator.eval()
+    gradient_of(estimator, logits, f)
+    assert estimator.baseline_steps.item() == 2.0, "evaluation must not update the baseline"
+
+
+def test_rloo_follows_the_formula():
+    _, f = decoder_objective()
+    logits = torch.randn(5, 4)
+    out, g = gradient_of(RLOO(4), logits, f)
+    fv, b, theta = out.f_values, out.samples, torch.sigmoid(logits)
+    loo = (fv.sum(0, keepdim=True) - fv) / 3
+    expected = ((fv - loo).unsqueeze(-1) * (b - theta)).mean(0)
+    torch.testing.assert_close(g, expected)
+
+
+def test_double_cv_k2_follows_the_papers_reduced_formula():
+    _, f = decoder_objective()
+    logits = torch.randn(5, 4)
+    estimator = RLOODoubleCV(2)
+    with torch.no_grad():
+        estimator.alpha.fill_(0.6)
+    out, g = gradient_of(estimator, logits, f)
+    b = out.samples.clone().requires_grad_(True)
+    grads = torch.autograd.grad(f(b).sum(), b)[0]
+    theta = torch.sigmoid(logits)
+    c1 = 0.6 * (grads[1] * (b[0] - theta)).sum(-1)
+    c2 = 0.6 * (grads[0] * (b[1] - theta)).sum(-1)
+    diff = out.f_values[0] + c1 - out.f_values[1] - c2
+    expected = 0.5 * diff.unsqueeze(-1) * (b[0] - b[1]) - 0.6 * grads.mean(0) * theta * (1 - theta)
+    torch.testing.assert_close(g, expected.detach())
+
+
+def test_double_cv_gradient_is_unchanged_by_loss_scaling():
+    """A gradient scaler or accumulation multiplies the loss; the estimate must scale with it, not square."""
+    _, f = decoder_objective()
+    logits = torch.randn(5, 4)
+    grads = []
+    for scale in (1.0, 1024.0):
+        estimator = RLOODoubleCV(3)
+        with torch.no_grad():
+            estimator.alpha.fill_(0.5)
+        torch.manual_seed(1)
+        leaf = logits.clone().requires_grad_(True)
+        (scale * estimator(leaf, f).loss).backward()
+        grads.append((leaf.grad / scale, estimator.alpha.grad / scale))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+
+
+def test_disarm_follows_the_formula():
+    _, f = decoder_objective()
+    logits = torch.randn(5, 4) * 3
+    out, g = gradient_of(DisARM(2), logits, f)
+    b, b_tilde = out.samples[:2], out.samples[2:]
+    diff = (out.f_values[:2] - out.f_values[2:]).unsqueeze(-1)
+    expected = (0.5 * diff * (-1.0) ** b_tilde * (b != b_tilde) * torch.sigmoid(logits.abs())).mean(0)
+    torch.testing.assert_close(g, expected)
+    # b = 1[u > sigmoid(-phi)] and b~ = 1[u < sigmoid(phi)] can never be (0, 0) where theta > 1/2.
+    assert not ((b == 0) & (b_tilde == 0) & (logits > 0)).any()
+
+
+# --- Bad input ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: RLOO(1), "n_samples must be >= 2"),
+        (lambda: RLOODoubleCV(1), "n_samples must be >= 2"),
+        (lambda: Reinforce(0), "n_samples must be >= 1"),
+        (lambda: Reinforce(-3), "n_samples must be >= 1"),
+        (lambda: ARM(0), "n_pairs must be >= 1"),
+        (lambda: DisARM(-1), "n_pairs must be >= 1"),
+        (lambda: RLOO(2.5), "n_samples must be an integer"),
+        (lambda: Reinforce(2, baseline="mean"), "baseline must be 'none' or 'ema'"),
+        (lambda: Reinforce(2, baseline="ema", decay=1.0), "decay must be in"),
+        (lambda: RLOODoubleCV(2, alpha_lr=0.0), "alpha_lr must be > 0"),
+    ],
+)
+def test_bad_settings_raise_clear_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("shape", [(4,), (2, 3, 4)])
+def test_logits_of_the_wrong_rank_are_refused(name, shape):
+    with pytest.raises(ValueError, match=r"logits must have shape \[B, D\]"):
+        ALL[name]()(torch.zeros(shape), lambda b: b.sum(-1))
+
+
+def test_integer_logits_are_refused():
+    with pytest.raises(ValueError, match="floating-point"):
+        RLOO(2)(torch.zeros(2, 3, dtype=torch.long), lambda b: b.sum(-1))
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("wrong", [lambda b: b.sum(), lambda b: b.sum(-1).T, lambda b: b])
+def test_f_of_the_wrong_shape_is_refused(name, wrong):
+    with pytest.raises(ValueError, match=r"f must return .*shape \[K, B\]"):
+        ALL[name]()(torch.zeros(5, 3, requires_grad=True), wrong)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_f_is_refused(name, bad):
+    def f(b):
+        values = b.sum(-1)
+        return torch.where(torch.arange(values.shape[1]) == 1, bad, values)
+
+    with pytest.raises(ValueError, match="non-finite"):
+        ALL[name]()(torch.zeros(5, 3, requires_grad=True), f)
+
+
+def test_chain_layer_of_the_wrong_shape_is_refused():
+    with pytest.raises(ValueError, match=r"layer 2 logits must have shape \[N, B, D\]"):
+        RLOO(2).chain(torch.zeros(5, 3), [lambda b: b.sum(-1)], lambda s, l: s[0].sum(-1))
+
+
+def test_exact_enumeration_refuses_large_models():
+    with pytest.raises(ValueError, match=f"limited to {MAX_BITS} latent bits"):
+        exact_objective(torch.zeros(1, MAX_BITS + 1), lambda b: b.sum(-1))
+
+
+# --- Mixed precision --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_autocast_keeps_estimator_arithmetic_in_float32(name):
+    """Under bf16 autocast only the decoder rounds: the estimate stays float32 and equals the
+    float32 one on the same samples up to the decoder's rounding of f."""
+    _, f = decoder_objective()
+    logits = torch.randn(8, 4)
+
+    def make():
+        estimator = ALL[name]()
+        if name == "double_cv":
+            with torch.no_grad():
+                estimator.alpha.fill_(0.5)
+        return estimator
+
+    out32, g32 = gradient_of(make(), logits, f, seed=11)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out16, g16 = gradient_of(make(), logits, f, seed=11)
+    assert g16.dtype == torch.float32 and out16.loss.dtype == torch.float32
+    assert out16.f_values.dtype == torch.float32
+    torch.testing.assert_close(out16.samples, out32.samples)  # sampling is float32 either way
+    f_rounding = (out16.f_values - out32.f_values).abs().max().item()
+    assert f_rounding > 0, "the decoder should have run in bf16"
+    # Each estimate is a weighted sum of f values with |weight| <= 1 per evaluation (2 per pair),
+    # so its error is bounded by a small multiple of the decoder's rounding of f.
+    if name != "double_cv":
+        assert (g16 - g32).abs().max().item() <= 2 * f_rounding + 1e-6
+    else:
+        # The double-CV estimate also uses d f / d b from the bf16 backward pass: check it
+        # against the float32 formula applied to this run's own f values and gradients.
+        # d f / d b as the loss's own bf16 backward pass delivers it: from -mean(f), rescaled.
+        b = out16.samples.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            grads = torch.autograd.grad(-f(b).float().mean(), b)[0].float() * -b.shape[0] * b.shape[1]
+        g0, g1 = double_cv_terms(out16.f_values, out16.samples, torch.sigmoid(logits), grads)
+        torch.testing.assert_close(g16, g0 + 0.5 * g1)
