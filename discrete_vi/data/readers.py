@@ -44,8 +44,8 @@ def read_file_bytes(path: str | Path) -> bytes:
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an unsigned-byte IDX file (MNIST, Fashion-MNIST), ``.gz`` or plain.
 
-    Returns a uint8 array whose shape is the one in the file's header:
-    ``[N, 28, 28]`` for image files, ``[N]`` for label files.
+    Returns a read-only uint8 array (a view of the file's bytes) whose shape is
+    the one in the file's header: ``[N, 28, 28]`` for images, ``[N]`` for labels.
     """
     path = Path(path)
     content = read_file_bytes(path)

@@ -178,13 +178,13 @@ def _missing_files_message(dataset: str, missing: list[str], folders: list[Path]
         "Folders searched: " + ", ".join(str(folder) for folder in folders) + ".",
         "To get them, do one of:",
         f"  - download them: BinarizedImageDataModule(dataset={dataset!r}, download=True), "
-        "or --data.download true on the command line;",
-        f"  - copy the files into {target};",
+        "or --data.download true on the command line",
+        f"  - copy the files into {target}",
         f"  - point to a data root that holds them in a '{source.folder}/' sub-folder: "
-        f"set {DATA_ROOT_ENV_VAR}=/path/to/root or use --data.root /path/to/root;",
+        f"set {DATA_ROOT_ENV_VAR}=/path/to/root or use --data.root /path/to/root",
     ]
     if source.install_hint:
-        lines.append(f"  - install the system package: {source.install_hint}.")
+        lines.append(f"  - install the system package: {source.install_hint}")
     return "\n".join(lines)
 
 

@@ -70,8 +70,10 @@ def _load_idx_splits(dataset: str, root: str | os.PathLike | None) -> ImageSplit
     train_and_val = _flat_images(paths["train_images"], read_idx(paths["train_images"]), _IDX_TRAIN_SIZE)
     test = _flat_images(paths["test_images"], read_idx(paths["test_images"]), _IDX_TEST_SIZE)
     train_size = _IDX_TRAIN_SIZE - _IDX_VAL_SIZE
-    # Copies, so that no split keeps the whole file's buffer alive.
-    return ImageSplits(train_and_val[:train_size].copy(), train_and_val[train_size:].copy(), test, binary=False)
+    # Copies: writable arrays that do not keep the read-only file buffers alive.
+    return ImageSplits(
+        train_and_val[:train_size].copy(), train_and_val[train_size:].copy(), test.copy(), binary=False
+    )
 
 
 def _load_binarized_mnist(root: str | os.PathLike | None) -> ImageSplits:
