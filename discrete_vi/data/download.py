@@ -72,6 +72,7 @@ def download_file(url: str, destination: Path, checksum: Checksum, timeout: floa
         with os.fdopen(descriptor, "wb") as output:
             _stream_url(url, output, timeout, label=destination.name)
         _verify_download(url, temporary, checksum)
+        temporary.chmod(0o644)  # mkstemp creates it private; data files are readable by all
         os.replace(temporary, destination)
     except BaseException:
         temporary.unlink(missing_ok=True)

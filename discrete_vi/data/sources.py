@@ -55,18 +55,30 @@ def _sha256(digest: str, of_decompressed: bool = False) -> Checksum:
     return Checksum("sha256", digest, of_decompressed)
 
 
+_IDX_FILE_NAMES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def _idx_files(**checksums: Checksum) -> dict[str, DataFile]:
+    """The four MNIST-style IDX files (same names for MNIST and Fashion-MNIST), keyed by role."""
+    return {role: DataFile(name, checksums[role]) for role, name in _IDX_FILE_NAMES.items()}
+
+
 SOURCES: Mapping[str, DataSource] = {
     "mnist": DataSource(
         title="MNIST",
         folder="mnist",
         base_url="https://storage.googleapis.com/cvdf-datasets/mnist/",
-        files={
-            # md5 of the .gz files, as published with MNIST.
-            "train_images": DataFile("train-images-idx3-ubyte.gz", _md5("f68b3c2dcbeaaa9fbdd348bbdeb94873")),
-            "train_labels": DataFile("train-labels-idx1-ubyte.gz", _md5("d53e105ee54ea40749a09fcbcd1e9432")),
-            "test_images": DataFile("t10k-images-idx3-ubyte.gz", _md5("9fb629c4189551a2d022fa330f9573f3")),
-            "test_labels": DataFile("t10k-labels-idx1-ubyte.gz", _md5("ec29112dd5afa0611ce80d1b7f02629c")),
-        },
+        files=_idx_files(  # md5 of the .gz files, as published with MNIST
+            train_images=_md5("f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+            train_labels=_md5("d53e105ee54ea40749a09fcbcd1e9432"),
+            test_images=_md5("9fb629c4189551a2d022fa330f9573f3"),
+            test_labels=_md5("ec29112dd5afa0611ce80d1b7f02629c"),
+        ),
     ),
     "binarized_mnist": DataSource(
         title="binarized MNIST (Larochelle & Murray)",
@@ -92,25 +104,12 @@ SOURCES: Mapping[str, DataSource] = {
         title="Fashion-MNIST",
         folder="fashion_mnist",
         base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-        files={
-            # sha256 of the DECOMPRESSED IDX bytes: copies differ only in gzip headers.
-            "train_images": DataFile(
-                "train-images-idx3-ubyte.gz",
-                _sha256("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", of_decompressed=True),
-            ),
-            "train_labels": DataFile(
-                "train-labels-idx1-ubyte.gz",
-                _sha256("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", of_decompressed=True),
-            ),
-            "test_images": DataFile(
-                "t10k-images-idx3-ubyte.gz",
-                _sha256("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", of_decompressed=True),
-            ),
-            "test_labels": DataFile(
-                "t10k-labels-idx1-ubyte.gz",
-                _sha256("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", of_decompressed=True),
-            ),
-        },
+        files=_idx_files(  # sha256 of the DECOMPRESSED bytes: copies differ only in gzip headers
+            train_images=_sha256("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", True),
+            train_labels=_sha256("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", True),
+            test_images=_sha256("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", True),
+            test_labels=_sha256("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", True),
+        ),
         system_folders=(Path("/usr/share/datasets/fashion-mnist"),),
         install_hint="apt-get install dataset-fashion-mnist",
     ),

@@ -7,7 +7,6 @@ import gzip
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import discrete_vi.data.download as download_module
@@ -48,6 +47,7 @@ def test_download_lands_verified_files_that_read(shared_data: Path, file_server,
     assert _all_entries(data_root / "mnist") == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
     assert read_idx(paths["test_images"]).shape == (10_000, 28, 28)
     assert read_idx(paths["test_labels"]).shape == (10_000,)
+    assert paths["test_images"].stat().st_mode & 0o777 == 0o644
 
 
 def test_files_already_present_are_not_downloaded_again(shared_data: Path, file_server, data_root: Path) -> None:
