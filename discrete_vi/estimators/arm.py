@@ -42,6 +42,8 @@ def _twice(tensors: list[Tensor]) -> list[Tensor]:
 class AntitheticEstimator(Estimator):
     """Shared pair construction; subclasses define the per-pair gradient."""
 
+    supports_chains = True
+
     def __init__(self, n_pairs: int = 1):
         super().__init__()
         self.n_pairs = check_count("n_pairs", n_pairs, 1)

@@ -122,6 +122,8 @@ class Estimator(nn.Module, abc.ABC):
 
     #: Learning rate for the estimator's own parameters (None: it has none).
     lr: float | None = None
+    #: Whether `chain` (several stochastic layers) is implemented.
+    supports_chains: bool = False
 
     @property
     @abc.abstractmethod
@@ -144,7 +146,20 @@ class Estimator(nn.Module, abc.ABC):
         f: called once as `f(samples, logits)` with per-layer lists of
             `[K, B, D_l]` samples and detached float32 logits; returns `[K, B]`.
         """
-        raise ValueError(f"{type(self).__name__} does not support several stochastic layers")
+        self.check_layers(len(layers) + 1)
+        raise NotImplementedError
+
+    def check_layers(self, n_layers: int) -> None:
+        """Raise ValueError if this estimator cannot train `n_layers` stochastic layers."""
+        if n_layers > 1 and not self.supports_chains:
+            raise ValueError(
+                f"{type(self).__name__} is defined for one stochastic layer only, and the model has {n_layers}; "
+                "for several layers use Reinforce, RLOO, ARM or DisARM"
+            )
+
+    def logged_state(self) -> dict[str, Tensor]:
+        """Scalars worth watching in TensorBoard (learned coefficients, baselines)."""
+        return {}
 
     def updates_state(self) -> bool:
         """Whether this call may update learned state (training with autograd on)."""

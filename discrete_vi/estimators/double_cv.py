@@ -127,11 +127,8 @@ class RLOODoubleCV(Estimator):
         loss = -f_values.float().mean() + probe
         return EstimatorOutput(loss=loss, f_values=values, samples=samples)
 
-    def chain(self, logits, layers, f):
-        raise ValueError(
-            "RLOODoubleCV is defined for one stochastic layer only (Titsias & Shi 2022); "
-            "for several layers use RLOO, ARM or DisARM"
-        )
+    def logged_state(self) -> dict[str, Tensor]:
+        return {"alpha": self.alpha.detach()}
 
     def extra_repr(self) -> str:
         return f"n_samples={self.n_samples}, alpha_lr={self.lr}"

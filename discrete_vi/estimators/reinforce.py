@@ -31,6 +31,8 @@ from discrete_vi.estimators.sampling import ChainSample, complete_chain
 class ScoreFunctionEstimator(Estimator):
     """Shared sampling and surrogate for estimators of the form `g = sum_k w_k (b_k - theta)`."""
 
+    supports_chains = True
+
     def __init__(self, n_samples: int, minimum_samples: int = 1):
         super().__init__()
         self.n_samples = check_count("n_samples", n_samples, minimum_samples)
@@ -98,6 +100,9 @@ class Reinforce(ScoreFunctionEstimator):
         if self.baseline == "ema":
             self.baseline_average.mul_(self.decay).add_((1.0 - self.decay) * f_values.mean())
             self.baseline_steps.add_(1.0)
+
+    def logged_state(self) -> dict[str, Tensor]:
+        return {"baseline": self.current_baseline()} if self.baseline == "ema" else {}
 
     def extra_repr(self) -> str:
         return f"n_samples={self.n_samples}, baseline={self.baseline!r}, decay={self.decay}"

@@ -1,0 +1,217 @@
+"""`BinaryLatentModule`: the training and evaluation logic shared by every model
+with binary stochastic layers.
+
+A model is a subclass that defines
+
+- `stochastic_layers(batch)`: the logits of the first stochastic layer `[B, D_1]`
+  and the networks that map each layer's samples to the next layer's logits;
+- `objective(batch, samples, logits)`: `f`, one value per sample and example
+  `[K, B]`, from per-layer samples `[K, B, D_l]` and detached logits
+  (for a VAE, `log p(x, b) - log q(b | x)`, the log importance weight);
+- optionally `parameter_groups()` (per-part learning rates) and
+  `images_for_logging(batch)` (pictures for TensorBoard).
+
+Everything else is here: the estimator call (`model.estimator`, any
+`Estimator`), the loss returned to Lightning's automatic optimization (so DDP,
+mixed precision, clipping and accumulation work as usual), logging, and the
+estimator-independent evaluation: `elbo` (mean log weight) and
+`log_likelihood`, the S-sample bound `log 1/S sum_s exp(f_s)` (S = 100 for
+validation, 1000 for test), computed in chunks of `eval_chunk` samples.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from functools import partial
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from discrete_vi.estimators import RLOO, Estimator, EstimatorOutput
+from discrete_vi.estimators.base import LogitsLayer, check_count
+from discrete_vi.estimators.sampling import ChainSample, complete_chain
+
+
+def check_learning_rate(name: str, value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def check_latent_sizes(latent_sizes) -> list[int]:
+    """Units per stochastic layer as a list; ValueError unless it is a non-empty list of positive integers."""
+    sizes = list(latent_sizes)
+    if not sizes or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in sizes):
+        raise ValueError(f"latent_sizes must be a non-empty list of positive integers, got {latent_sizes}")
+    return sizes
+
+
+class BinaryLatentModule(pl.LightningModule, abc.ABC):
+    """Base for models with binary stochastic layers trained by a gradient estimator.
+
+    estimator: the gradient estimator (default `RLOO(n_samples=2)`).
+    lr: Adam learning rate for the model's parameters (subclasses may split it).
+    val_samples / test_samples: S of the multi-sample bound at validation / test.
+    eval_chunk: samples evaluated at once during evaluation (bounds memory).
+    """
+
+    def __init__(
+        self,
+        estimator: Estimator | None = None,
+        lr: float = 1e-3,
+        val_samples: int = 100,
+        test_samples: int = 1000,
+        eval_chunk: int = 100,
+    ):
+        super().__init__()
+        if estimator is None:
+            estimator = RLOO(n_samples=2)
+        if not isinstance(estimator, Estimator):
+            raise ValueError(f"estimator must be an Estimator (e.g. RLOO, DisARM), got {type(estimator).__name__}")
+        self.estimator = estimator
+        self.lr = check_learning_rate("lr", lr)
+        self.val_samples = check_count("val_samples", val_samples, 1)
+        self.test_samples = check_count("test_samples", test_samples, 1)
+        self.eval_chunk = check_count("eval_chunk", eval_chunk, 1)
+        self.eval_metrics = nn.ModuleDict(
+            {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in ("elbo", "log_likelihood")}
+        )
+
+    # --- what a model defines -------------------------------------------------------
+
+    @abc.abstractmethod
+    def stochastic_layers(self, batch: Tensor) -> tuple[Tensor, list[LogitsLayer]]:
+        """First layer's logits `[B, D_1]` and the maps `[K, B, D_l] -> [K, B, D_{l+1}]` below it."""
+
+    @abc.abstractmethod
+    def objective(self, batch: Tensor, samples: list[Tensor], logits: list[Tensor]) -> Tensor:
+        """`f`: per-layer samples `[K, B, D_l]` and detached float32 logits (`[B, D_1]` or
+        `[K, B, D_l]`, broadcastable) -> `[K, B]`. Its mean is the ELBO; its log-mean-exp
+        over samples is the multi-sample bound."""
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimizer parameter groups of the model (the estimator's are added by the base)."""
+        return [{"params": [p for n, p in self.named_parameters() if not n.startswith("estimator.")], "lr": self.lr}]
+
+    def images_for_logging(self, batch: Tensor) -> dict[str, Tensor]:
+        """Named image batches `[N, H * W]` in [0, 1] for TensorBoard; none by default."""
+        return {}
+
+    # --- training ------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Check that the model's `input_size` (if it has one) matches the datamodule's."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        data_size = getattr(datamodule, "input_size", None)
+        model_size = getattr(self, "input_size", None)
+        if data_size is not None and model_size is not None and data_size != model_size:
+            raise ValueError(
+                f"model input_size is {model_size} but the data has {data_size} pixels per image; "
+                f"set the model's input_size to {data_size}"
+            )
+
+    def check_estimator(self, n_layers: int) -> None:
+        """Call from a subclass's `__init__`: fail at configuration time if the estimator cannot train it."""
+        self.estimator.check_layers(n_layers)
+
+    def estimate(self, batch: Tensor) -> EstimatorOutput:
+        """One estimator call on `batch`: the loss, f values and samples."""
+        first_logits, layers = self.stochastic_layers(batch)
+        return self._call_estimator(batch, first_logits, layers)
+
+    def _call_estimator(self, batch: Tensor, first_logits: Tensor, layers: list[LogitsLayer]) -> EstimatorOutput:
+        objective = partial(self.objective, batch)
+        if layers:
+            return self.estimator.chain(first_logits, layers, objective)
+        detached = [first_logits.detach().float()]
+        return self.estimator(first_logits, lambda b: objective([b], detached))
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        out = self.estimate(batch)
+        batch_size = out.f_values.shape[1]
+        self.log("train/elbo", out.f_values.mean(), prog_bar=True, batch_size=batch_size)
+        for name, value in self.estimator.logged_state().items():
+            self.log(f"estimator/{name}", value, batch_size=batch_size)
+        return out.loss
+
+    def gradient_variance(self, batch: Tensor, n_draws: int) -> Tensor:
+        """Variance of the estimate of `d E[f] / d phi_1` (first-layer logits) over `n_draws`
+        independent draws at the current parameters, averaged over units and examples.
+
+        The batch is repeated `n_draws` times in one estimator call (eval mode, so no
+        estimator state changes); no parameter gradient is touched.
+        """
+        repeated = batch.repeat(n_draws, *([1] * (batch.dim() - 1)))
+        was_training = self.estimator.training
+        self.estimator.eval()
+        try:
+            with torch.enable_grad():
+                first_logits, layers = self.stochastic_layers(repeated)
+                leaf = first_logits.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(self._call_estimator(repeated, leaf, layers).loss, leaf)
+        finally:
+            self.estimator.train(was_training)
+        estimates = -grad.float() * leaf.shape[0]
+        return estimates.view(n_draws, batch.shape[0], -1).var(0).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = self.parameter_groups()
+        estimator_params = list(self.estimator.parameters())
+        if estimator_params:
+            groups.append({"params": estimator_params, "lr": self.estimator.lr})
+        return torch.optim.Adam(groups)
+
+    # --- evaluation ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def bounds(self, batch: Tensor, n_samples: int) -> tuple[Tensor, Tensor]:
+        """ELBO and `n_samples`-sample bound per example, `[B]` each, float32.
+
+        Samples are drawn `eval_chunk` at a time and combined with a running
+        log-sum-exp, so memory does not grow with `n_samples`.
+        """
+        first_logits, layers = self.stochastic_layers(batch)
+        total = torch.zeros(first_logits.shape[0], device=first_logits.device)
+        log_sum = torch.full_like(total, -math.inf)
+        for start in range(0, n_samples, self.eval_chunk):
+            chunk = min(self.eval_chunk, n_samples - start)
+            chain = complete_chain(ChainSample(logits=[first_logits.expand(chunk, *first_logits.shape)]), layers)
+            log_weights = self.objective(batch, chain.samples, chain.detached_logits()).float()
+            total += log_weights.sum(0)
+            log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_weights, 0))
+        return total / n_samples, log_sum - math.log(n_samples)
+
+    def _evaluate(self, stage: str, batch: Tensor, n_samples: int) -> None:
+        elbo, log_likelihood = self.bounds(batch, n_samples)
+        for name, values in (("elbo", elbo), ("log_likelihood", log_likelihood)):
+            metric = self.eval_metrics[f"{stage}_{name}"]
+            metric.update(values)
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "log_likelihood", batch_size=values.shape[0])
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self._evaluate("val", batch, self.val_samples)
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        self._evaluate("test", batch, self.test_samples)
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/nll", -self.eval_metrics["test_log_likelihood"].compute())
+
+    # --- checkpoints ---------------------------------------------------------------
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Evaluating a checkpoint does not need its estimator: drop estimator state that the
+        configured estimator does not have (e.g. a double-CV alpha when testing with the default)."""
+        state = checkpoint.get("state_dict", {})
+        own = {f"estimator.{k}" for k in self.estimator.state_dict()}
+        foreign = [k for k in state if k.startswith("estimator.") and k not in own]
+        if foreign:
+            for key in foreign:
+                del state[key]
+            pl.utilities.rank_zero_warn(
+                f"the checkpoint's estimator state {foreign} does not fit {type(self.estimator).__name__}; "
+                "it was ignored. To resume training, configure the same model.estimator as the run that saved it."
+            )

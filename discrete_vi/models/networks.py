@@ -1,0 +1,33 @@
+"""The networks between stochastic layers: linear, or two hidden LeakyReLU layers."""
+
+from __future__ import annotations
+
+from torch import nn
+
+NETWORKS = ("linear", "nonlinear")
+
+
+def check_network(network: str) -> str:
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+    return network
+
+
+def make_network(in_features: int, out_features: int, network: str = "linear", hidden_size: int = 200) -> nn.Module:
+    """`linear`: one affine map. `nonlinear`: two deterministic hidden layers of
+    `hidden_size` units with LeakyReLU(0.3), as in the ARM/DisARM/double-CV papers.
+    Works on any leading dimensions: `[..., in_features]` -> `[..., out_features]`."""
+    if check_network(network) == "linear":
+        return nn.Linear(in_features, out_features)
+    return nn.Sequential(
+        nn.Linear(in_features, hidden_size),
+        nn.LeakyReLU(0.3),
+        nn.Linear(hidden_size, hidden_size),
+        nn.LeakyReLU(0.3),
+        nn.Linear(hidden_size, out_features),
+    )
+
+
+def output_layer(network: nn.Module) -> nn.Linear:
+    """The final affine map of a network made by `make_network` (for bias initialisation)."""
+    return network if isinstance(network, nn.Linear) else network[-1]

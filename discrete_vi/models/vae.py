@@ -1,0 +1,128 @@
+"""`BinaryVAE`: a VAE with one or several layers of binary latent units.
+
+    q(b_1 | x) q(b_2 | b_1) ... q(b_L | b_{L-1})        (encoder)
+    p(b_L) p(b_{L-1} | b_L) ... p(x | b_1)              (decoder, mirrored)
+
+with factorised Bernoulli distributions throughout, a learned factorised
+prior on the top layer and a Bernoulli likelihood on the pixels. `linear`
+networks map each layer to the next with one affine map (784-200, and
+784-200-200 for two layers); `nonlinear` ones put two deterministic hidden
+layers of 200 LeakyReLU(0.3) units between stochastic layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from discrete_vi.estimators import Estimator
+from discrete_vi.estimators.base import bernoulli_log_prob
+from discrete_vi.estimators.sampling import draw_bernoulli
+from discrete_vi.models.base import BinaryLatentModule, check_latent_sizes, check_learning_rate
+from discrete_vi.models.networks import check_network, make_network, output_layer
+
+
+class BinaryVAE(BinaryLatentModule):
+    """Binary-latent VAE on flattened binary images `[B, input_size]`.
+
+    input_size: pixels per image (set from the data by the command line).
+    latent_sizes: binary units per stochastic layer, top-down order of sampling
+        (`[200]`: one layer; `[200, 200]`: two).
+    network: "linear" or "nonlinear" (see the module docstring).
+    hidden_size: width of the deterministic layers of nonlinear networks.
+    lr: Adam learning rate; encoder_lr / decoder_lr / prior_lr override it
+        for those parts (one optimizer, one parameter group each; the
+        estimator's own parameters get a group at the estimator's rate).
+    demean: subtract the training mean from the encoder's input (DisARM).
+    init_output_bias: set the decoder's output bias to the logit of the
+        training mean before training (as the papers' code does).
+    """
+
+    def __init__(
+        self,
+        estimator: Estimator | None = None,
+        input_size: int = 784,
+        latent_sizes: tuple[int, ...] = (200,),
+        network: str = "linear",
+        hidden_size: int = 200,
+        lr: float = 1e-3,
+        encoder_lr: float | None = None,
+        decoder_lr: float | None = None,
+        prior_lr: float | None = None,
+        demean: bool = False,
+        init_output_bias: bool = True,
+        val_samples: int = 100,
+        test_samples: int = 1000,
+        eval_chunk: int = 100,
+    ):
+        super().__init__(estimator, lr, val_samples, test_samples, eval_chunk)
+        latent_sizes = check_latent_sizes(latent_sizes)
+        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+            raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
+        check_network(network)
+        self.encoder_lr = check_learning_rate("encoder_lr", encoder_lr)
+        self.decoder_lr = check_learning_rate("decoder_lr", decoder_lr)
+        self.prior_lr = check_learning_rate("prior_lr", prior_lr)
+        self.check_estimator(len(latent_sizes))
+        self.input_size, self.latent_sizes, self.network = input_size, latent_sizes, network
+        self.demean, self.init_output_bias = demean, init_output_bias
+        sizes = [input_size, *latent_sizes]
+        # encoder[l]: layer l (x for l = 0) -> logits of latent layer l+1.
+        self.encoder = nn.ModuleList(make_network(a, b, network, hidden_size) for a, b in zip(sizes, sizes[1:]))
+        # decoder[l]: latent layer l+1 -> logits of layer l (pixels for l = 0).
+        self.decoder = nn.ModuleList(make_network(b, a, network, hidden_size) for a, b in zip(sizes, sizes[1:]))
+        self.prior_logits = nn.Parameter(torch.zeros(latent_sizes[-1]))
+        self.register_buffer("input_mean", torch.zeros(input_size))
+
+    def setup(self, stage: str) -> None:
+        """Check the data's input size; take the training mean for demeaning and the output bias."""
+        super().setup(stage)
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if stage != "fit" or not (self.demean or self.init_output_bias):
+            return
+        mean = getattr(datamodule, "train_mean", None)
+        if mean is None:
+            if self.demean:
+                raise ValueError("demean=True needs the training mean: train with BinarizedImageDataModule")
+            return
+        with torch.no_grad():
+            self.input_mean.copy_(mean)
+            if self.init_output_bias:
+                output_layer(self.decoder[0]).bias.copy_(torch.logit(mean.clamp(1e-3, 1 - 1e-3)))
+
+    def stochastic_layers(self, batch: Tensor):
+        x = batch - self.input_mean if self.demean else batch
+        return self.encoder[0](x), list(self.encoder[1:])
+
+    def objective(self, batch: Tensor, samples: list[Tensor], logits: list[Tensor]) -> Tensor:
+        """`log p(x, b) - log q(b | x)`: `[K, B]`."""
+        log_p = bernoulli_log_prob(batch, self.decoder[0](samples[0]))
+        for layer in range(1, len(samples)):
+            log_p = log_p + bernoulli_log_prob(samples[layer - 1], self.decoder[layer](samples[layer]))
+        log_p = log_p + bernoulli_log_prob(samples[-1], self.prior_logits)
+        log_q = sum(bernoulli_log_prob(b, phi) for b, phi in zip(samples, logits))
+        return log_p - log_q
+
+    def parameter_groups(self) -> list[dict]:
+        parts = {
+            "encoder": (list(self.encoder.parameters()), self.encoder_lr),
+            "decoder": (list(self.decoder.parameters()), self.decoder_lr),
+            "prior": ([self.prior_logits], self.prior_lr),
+        }
+        return [{"params": params, "lr": lr or self.lr, "name": name} for name, (params, lr) in parts.items()]
+
+    @torch.no_grad()
+    def images_for_logging(self, batch: Tensor) -> dict[str, Tensor]:
+        """Inputs, their reconstructions (pixel means given b ~ q(b | x)) and prior samples' pixel means."""
+        first_logits, layers = self.stochastic_layers(batch)
+        samples = [draw_bernoulli(first_logits)[0]]
+        for layer in layers:
+            samples.append(draw_bernoulli(layer(samples[-1]))[0])
+        top = draw_bernoulli(self.prior_logits.expand(batch.shape[0], -1))[0]
+        for layer in range(len(self.decoder) - 1, 0, -1):
+            top = draw_bernoulli(self.decoder[layer](top))[0]
+        return {
+            "inputs": batch,
+            "reconstructions": torch.sigmoid(self.decoder[0](samples[0])),
+            "samples": torch.sigmoid(self.decoder[0](top)),
+        }

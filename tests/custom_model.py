@@ -1,0 +1,38 @@
+"""A model defined outside the package, as a user would: a binary VAE with a
+nonlinear (tanh) decoder, written as a small subclass of BinaryLatentModule.
+The command-line tests train it by class path (`custom_model.TanhDecoderVAE`)."""
+
+import torch
+from torch import nn
+
+from discrete_vi.estimators import Estimator
+from discrete_vi.estimators.base import bernoulli_log_prob
+from discrete_vi.models import BinaryLatentModule
+
+
+class TanhDecoderVAE(BinaryLatentModule):
+    """One layer of `latent_size` binary units; encoder linear, decoder latent -> tanh(64) -> pixels."""
+
+    def __init__(
+        self,
+        estimator: Estimator | None = None,
+        input_size: int = 784,
+        latent_size: int = 20,
+        lr: float = 1e-3,
+        val_samples: int = 100,
+        test_samples: int = 1000,
+        eval_chunk: int = 100,
+    ):
+        super().__init__(estimator, lr, val_samples, test_samples, eval_chunk)
+        self.check_estimator(1)
+        self.encoder = nn.Linear(input_size, latent_size)
+        self.decoder = nn.Sequential(nn.Linear(latent_size, 64), nn.Tanh(), nn.Linear(64, input_size))
+        self.prior_logits = nn.Parameter(torch.zeros(latent_size))
+
+    def stochastic_layers(self, batch):
+        return self.encoder(batch), []
+
+    def objective(self, batch, samples, logits):
+        b = samples[0]
+        log_p = bernoulli_log_prob(batch, self.decoder(b)) + bernoulli_log_prob(b, self.prior_logits)
+        return log_p - bernoulli_log_prob(b, logits[0])
