@@ -88,9 +88,10 @@ class DiscreteVICLI(LightningCLI):
             )
 
 
-def run_cli(args: list[str] | None = None) -> DiscreteVICLI:
+def run_cli(args: list[str] | None = None, run: bool = True) -> DiscreteVICLI:
     """Run the command line and return it (its `trainer`, `model`, `datamodule`);
-    `args` replaces `sys.argv[1:]` (for tests and notebooks)."""
+    `args` replaces `sys.argv[1:]` (for tests and notebooks). With `run=False` there is
+    no subcommand: the classes are only configured and instantiated."""
     try:
         return DiscreteVICLI(
             BinaryLatentModule,
@@ -100,6 +101,7 @@ def run_cli(args: list[str] | None = None) -> DiscreteVICLI:
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "discrete-vi", "default_env": False},
             args=args,
+            run=run,
         )
     except DataFilesNotFoundError as error:
         print(f"discrete-vi: error: {error}", file=sys.stderr)

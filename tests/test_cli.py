@@ -2,6 +2,7 @@
 scalars read back, a user-defined model by class path, and clear errors."""
 
 import math
+from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -137,3 +138,26 @@ def test_missing_data_is_one_clear_error(tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "binarized_mnist" in err and "download" in err
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_shipped_config_instantiates(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["--config", str(config)], run=False)
+    assert cli.model.estimator is not None
+    assert cli.model.input_size == cli.datamodule.input_size
+    first_line = config.read_text().splitlines()[0]
+    assert first_line.startswith("#"), "each config says in a comment what it reproduces"
+
+
+def test_a_user_defined_estimator_trains_by_class_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["fit", *TINY, "--model", "BinaryVAE", "--model.latent_sizes", "[30]", *SMALL_EVAL,
+                   "--model.estimator", "custom_estimator.FixedBaselineReinforce",
+                   "--model.estimator.baseline", "-200"])
+    assert type(cli.model.estimator).__name__ == "FixedBaselineReinforce"
+    assert cli.model.estimator.baseline == -200
+    assert cli.trainer.global_step == 4

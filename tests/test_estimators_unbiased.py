@@ -225,3 +225,12 @@ def test_double_cv_refuses_chains():
     layers, f = chain_model(chain_params(1))
     with pytest.raises(ValueError, match="one stochastic layer"):
         RLOODoubleCV(2).chain(CHAIN_LOGITS.clone(), layers, f)
+
+
+def test_a_user_defined_estimator_is_checked_the_same_way(exact_single):
+    from custom_estimator import FixedBaselineReinforce
+
+    torch.manual_seed(0)
+    estimates = estimated_single_layer(FixedBaselineReinforce(2, baseline=1.5))
+    for name, exact in exact_single.items():
+        assert max_z(estimates[name], exact) < Z_THRESHOLD

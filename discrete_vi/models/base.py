@@ -206,12 +206,17 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         """Evaluating a checkpoint does not need its estimator: drop estimator state that the
         configured estimator does not have (e.g. a double-CV alpha when testing with the default)."""
         state = checkpoint.get("state_dict", {})
-        own = {f"estimator.{k}" for k in self.estimator.state_dict()}
+        own = {f"estimator.{k}": v for k, v in self.estimator.state_dict().items()}
         foreign = [k for k in state if k.startswith("estimator.") and k not in own]
-        if foreign:
+        missing = [k for k in own if k not in state]
+        if foreign or missing:
             for key in foreign:
                 del state[key]
+            for key in missing:
+                state[key] = own[key]
             pl.utilities.rank_zero_warn(
-                f"the checkpoint's estimator state {foreign} does not fit {type(self.estimator).__name__}; "
-                "it was ignored. To resume training, configure the same model.estimator as the run that saved it."
+                f"the checkpoint's estimator state ({sorted(state.keys() & own.keys() - set(missing)) or 'none'}) "
+                f"does not fit {type(self.estimator).__name__} (ignored: {foreign or 'none'}; "
+                f"kept as initialised: {missing or 'none'}). Evaluation does not use the estimator; to resume "
+                "training, configure the same model.estimator as the run that saved it."
             )

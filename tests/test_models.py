@@ -1,0 +1,164 @@
+"""BinaryVAE and SigmoidBeliefNet: the training step's gradients, evaluation bounds,
+short training runs and configuration errors."""
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from discrete_vi.data import BinarizedImageDataModule
+from discrete_vi.estimators import ARM, RLOO, DisARM, RLOODoubleCV
+from discrete_vi.estimators.base import bernoulli_log_prob
+from discrete_vi.exact import all_configurations
+from discrete_vi.models import BinaryVAE, SigmoidBeliefNet
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """64 binarized digits from the bundled subset: float32 [64, 784]."""
+    datamodule = BinarizedImageDataModule(dataset="mnist_subset", seed=0)
+    datamodule.setup("fit")
+    return next(iter(datamodule.val_dataloader()))[:64].float().clamp(0, 1).round()
+
+
+@pytest.mark.parametrize("estimator", [RLOO(3), RLOODoubleCV(2), DisARM(2)], ids=["rloo", "double_cv", "disarm"])
+def test_training_step_gives_the_encoder_exactly_the_estimators_gradient(estimator, digits):
+    torch.manual_seed(0)
+    model = BinaryVAE(estimator=estimator, latent_sizes=(16,), init_output_bias=False)
+    with torch.no_grad():
+        estimator.alpha.fill_(0.3) if isinstance(estimator, RLOODoubleCV) else None
+    torch.manual_seed(1)
+    model.training_step(digits, 0).backward()
+    encoder_grad = model.encoder[0].weight.grad.clone()
+
+    # The estimator called directly on the same samples: g = -B * d loss / d logits,
+    # chained into the encoder by hand: d loss / d W = (d loss / d logits)^T x.
+    model.zero_grad()
+    logits = model.encoder[0](digits).detach().requires_grad_(True)
+    torch.manual_seed(1)
+    out = estimator(logits, lambda b: model.objective(digits, [b], [logits.detach()]))
+    out.loss.backward()
+    torch.testing.assert_close(encoder_grad, logits.grad.T @ digits)
+
+
+def test_parameter_groups_carry_their_learning_rates():
+    model = BinaryVAE(estimator=RLOODoubleCV(2, alpha_lr=3e-3), lr=1e-4, prior_lr=1e-2)
+    groups = model.configure_optimizers().param_groups
+    rates = {g.get("name", "estimator"): g["lr"] for g in groups}
+    assert rates == {"encoder": 1e-4, "decoder": 1e-4, "prior": 1e-2, "estimator": 3e-3}
+    assert groups[-1]["params"] == [model.estimator.alpha]
+    n_model = sum(len(g["params"]) for g in groups[:-1])
+    assert n_model == len(list(model.parameters())) - 1
+
+
+def test_multi_sample_bound_approaches_the_exact_log_likelihood(digits):
+    """A VAE with 4 latent bits: log p(x) by enumeration; ELBO <= S-sample bound <= ~log p(x)."""
+    torch.manual_seed(0)
+    x = digits[:8]
+    model = BinaryVAE(latent_sizes=(4,), eval_chunk=64)
+    logits, _ = model.stochastic_layers(x)
+    configs = all_configurations(4).unsqueeze(1).expand(-1, x.shape[0], -1)
+    n_samples = 2000
+    with torch.no_grad():
+        log_weights = model.objective(x, [configs], [logits])  # log p(x, b) - log q(b | x)
+        log_q = bernoulli_log_prob(configs, logits)
+        exact = torch.logsumexp(log_weights + log_q, 0)
+        elbo, bound = model.bounds(x, n_samples)
+        # Relative variance of the importance weight w = p(x, b) / q(b): E_q[w^2] / p(x)^2 - 1.
+        relative_variance = torch.exp(torch.logsumexp(2 * log_weights + log_q, 0) - 2 * exact) - 1
+    # log of a mean of S weights: standard deviation ~ sqrt(rv / S), downward bias ~ rv / (2 S).
+    tolerance = 5 * (relative_variance / n_samples).sqrt() + relative_variance / (2 * n_samples)
+    assert (elbo < bound).all()
+    assert ((bound - exact).abs() < tolerance).all(), (bound - exact, tolerance)
+    assert (exact - elbo).min() > 0.5  # the bound is a real improvement on the ELBO here
+
+
+def test_gradient_variance_is_measured_without_touching_gradients(digits):
+    model = BinaryVAE(estimator=RLOO(2), latent_sizes=(16,))
+    variance = model.gradient_variance(digits[:10], n_draws=6)
+    assert variance.ndim == 0 and variance > 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+def fit_and_measure(model, steps: int, digits) -> tuple[float, float]:
+    """Validation ELBO on `digits` before and after `steps` training steps on the bundled subset."""
+    datamodule = BinarizedImageDataModule(dataset="mnist_subset", batch_size=50)
+    pl.seed_everything(0)
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    torch.manual_seed(0)
+    before = model.bounds(digits, 20)[0].mean().item()
+    trainer.fit(model, datamodule=datamodule)
+    after = model.bounds(digits, 20)[0].mean().item()
+    return before, after
+
+
+@pytest.mark.parametrize("estimator", [RLOO(2), ARM(1), DisARM(1)], ids=["rloo", "arm", "disarm"])
+def test_two_layer_vae_improves_its_elbo(estimator, digits):
+    torch.manual_seed(0)
+    model = BinaryVAE(estimator=estimator, latent_sizes=(200, 200), lr=3e-3)
+    before, after = fit_and_measure(model, 150, digits)
+    assert after > before + 20, (before, after)
+
+
+def test_sigmoid_belief_net_improves_its_likelihood(digits):
+    torch.manual_seed(0)
+    model = SigmoidBeliefNet(estimator=DisARM(1), latent_sizes=(50, 50), lr=3e-3)
+    before, after = fit_and_measure(model, 150, digits)
+    assert after > before + 20, (before, after)
+
+
+@pytest.mark.parametrize("make", [lambda: BinaryVAE(estimator=RLOODoubleCV(2), latent_sizes=(200, 200)),
+                                  lambda: SigmoidBeliefNet(estimator=RLOODoubleCV(2))])
+def test_double_cv_on_two_layers_fails_at_configuration(make):
+    with pytest.raises(ValueError, match="one stochastic layer only"):
+        make()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"latent_sizes": ()}, "latent_sizes must be a non-empty list"),
+        ({"latent_sizes": (200, 0)}, "latent_sizes must be a non-empty list"),
+        ({"network": "deep"}, "network must be one of"),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"prior_lr": -1.0}, "prior_lr must be > 0"),
+        ({"val_samples": 0}, "val_samples must be >= 1"),
+        ({"estimator": "RLOO"}, "estimator must be an Estimator"),
+    ],
+)
+def test_bad_model_settings_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BinaryVAE(**kwargs)
+
+
+def test_nonlinear_vae_mirrors_its_networks():
+    model = BinaryVAE(network="nonlinear", latent_sizes=(200, 200))
+    shapes = [tuple(p.shape) for p in model.encoder[0].parameters()]
+    assert shapes == [(200, 784), (200,), (200, 200), (200,), (200, 200), (200,)]
+    assert isinstance(model.encoder[0][1], torch.nn.LeakyReLU) and model.encoder[0][1].negative_slope == 0.3
+    assert [tuple(p.shape) for p in model.decoder[0].parameters()][-2:] == [(784, 200), (784,)]
+    assert math.isfinite(model.bounds(torch.zeros(2, 784), 3)[0].sum().item())
+
+
+def test_checkpoints_load_across_estimators():
+    """Evaluation does not need the estimator: a double-CV checkpoint loads into an RLOO model
+    and the other way round, with a warning, and the model's weights come through."""
+    trained = BinaryVAE(estimator=RLOODoubleCV(2), latent_sizes=(8,))
+    with torch.no_grad():
+        trained.estimator.alpha.fill_(0.7)
+        trained.prior_logits.fill_(0.3)
+    checkpoint = {"state_dict": trained.state_dict()}
+    plain = BinaryVAE(estimator=RLOO(2), latent_sizes=(8,))
+    with pytest.warns(UserWarning, match="does not fit RLOO"):
+        plain.on_load_checkpoint(checkpoint)
+    plain.load_state_dict(checkpoint["state_dict"])
+    assert torch.all(plain.prior_logits == 0.3)
+
+    checkpoint = {"state_dict": plain.state_dict()}
+    double_cv = BinaryVAE(estimator=RLOODoubleCV(2), latent_sizes=(8,))
+    with pytest.warns(UserWarning, match="kept as initialised"):
+        double_cv.on_load_checkpoint(checkpoint)
+    double_cv.load_state_dict(checkpoint["state_dict"])
+    assert double_cv.estimator.alpha.item() == 0.0
