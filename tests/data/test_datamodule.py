@@ -300,3 +300,8 @@ def test_split_upper_lower_cuts_images_between_rows_13_and_14() -> None:
     with pytest.raises(ValueError, match=r"expected flattened images \[..., 784\], got shape \(5, 28, 28\)"):
         split_upper_lower(torch.zeros(5, 28, 28))
 
+
+def test_subset_script_says_which_file_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as caught:
+        _subset_script().subset_splits(tmp_path)
+    assert str(caught.value).startswith(f"{tmp_path / 'train-images-idx3-ubyte.gz'} not found: pass the folder")
