@@ -5,7 +5,8 @@ Takes the first 10,000 MNIST training digits (uint8 grey levels, [N, 784]) from
 beside the repository root), after checking the file's recorded md5, and
 stores them split in file order as train / val / test = 8,000 / 1,000 / 1,000
 with ``np.savez_compressed``. The output is byte-for-byte deterministic: the
-zip entries' timestamps are fixed.
+zip entries' timestamps are fixed. It is written atomically: an existing file
+is replaced only by a complete new one.
 
 Usage: python scripts/make_mnist_subset.py [SOURCE_FOLDER] [--output PATH]
 (with discrete_vi installed, e.g. ``pip install -e .``).
@@ -24,9 +25,10 @@ import numpy as np
 
 from discrete_vi.data.bundled import MNIST_SUBSET_FILE, MNIST_SUBSET_SPLIT_SIZES
 from discrete_vi.data.checksums import compute_digest
+from discrete_vi.data.download import atomic_output
 from discrete_vi.data.images import INPUT_SIZE
 from discrete_vi.data.readers import read_idx
-from discrete_vi.data.sources import SOURCES
+from discrete_vi.data.sources import SOURCES, dataset_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE_FOLDER = REPO_ROOT.parent / "shared" / "data" / "mnist"
@@ -38,6 +40,10 @@ def subset_splits(source_folder: Path) -> dict[str, np.ndarray]:
     """The first 10,000 training digits of the verified source file, split in order."""
     train_images = SOURCES["mnist"].files["train_images"]
     path = source_folder / train_images.name
+    if not path.is_file():
+        sys.exit(f"{path} not found: pass the folder that holds MNIST's {train_images.name}, or download it "
+                 "with download_missing_files('mnist') from discrete_vi.data "
+                 f"(it lands in {dataset_folder('mnist', None)}).")
     digest = compute_digest(path, train_images.checksum)
     if digest != train_images.checksum.digest:
         sys.exit(f"{path}: {train_images.checksum.algorithm} {digest} does not match the recorded "
@@ -70,8 +76,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the .npz file to write")
     args = parser.parse_args()
     content = deterministic_npz_bytes(subset_splits(args.source_folder))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(content)
+    with atomic_output(args.output) as output:
+        output.write(content)
     print(f"wrote {args.output}: {len(content)} bytes, sha256 {hashlib.sha256(content).hexdigest()}")
 
 

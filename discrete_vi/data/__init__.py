@@ -10,8 +10,8 @@ from discrete_vi.data.download import download_file, download_missing_files
 from discrete_vi.data.errors import CorruptFileError, DataFilesNotFoundError, DownloadError
 from discrete_vi.data.images import IMAGE_SHAPE, INPUT_SIZE, sample_binary_images, split_upper_lower
 from discrete_vi.data.readers import read_amat, read_idx, read_omniglot_chardata
-from discrete_vi.data.sources import SOURCES, default_data_root
-from discrete_vi.data.splits import DATASET_NAMES, ImageSplits, load_splits
+from discrete_vi.data.sources import DATASET_NAMES, SOURCES, default_data_root
+from discrete_vi.data.splits import ImageSplits, load_splits
 
 __all__ = [
     "BinarizedImageDataModule",

@@ -19,7 +19,7 @@ from importlib import resources
 
 import numpy as np
 
-from discrete_vi.data.errors import CorruptFileError
+from discrete_vi.data.errors import corrupt_file_error
 from discrete_vi.data.images import INPUT_SIZE
 
 MNIST_SUBSET_FILE = "bundled/mnist_subset.npz"
@@ -33,8 +33,9 @@ def load_mnist_subset() -> dict[str, np.ndarray]:
         splits = {name: archive[name] for name in MNIST_SUBSET_SPLIT_SIZES}
     for name, size in MNIST_SUBSET_SPLIT_SIZES.items():
         if splits[name].shape != (size, INPUT_SIZE) or splits[name].dtype != np.uint8:
-            raise CorruptFileError(
-                f"{path}: split {name!r} has shape {splits[name].shape} and dtype {splits[name].dtype}, "
-                f"expected ({size}, {INPUT_SIZE}) uint8. Reinstall discrete_vi."
+            raise corrupt_file_error(
+                path,
+                f"split {name!r} has shape {splits[name].shape} and dtype {splits[name].dtype}, "
+                f"expected ({size}, {INPUT_SIZE}) uint8",
             )
     return splits

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from discrete_vi.data.errors import CorruptFileError
+from discrete_vi.data.readers import open_data_file
 
 _CHUNK_BYTES = 1 << 20
 
@@ -31,17 +29,11 @@ class Checksum:
 def compute_digest(path: Path, checksum: Checksum) -> str:
     """Hex digest of ``path`` (or of its gunzipped content) with ``checksum.algorithm``.
 
-    Raises :class:`CorruptFileError` if the content is to be decompressed and
-    the file is not valid gzip or is truncated.
+    Raises :class:`~discrete_vi.data.errors.CorruptFileError` if the content is
+    to be decompressed and the file is not valid gzip or is truncated.
     """
-    hasher = hashlib.new(checksum.algorithm)
-    try:
-        opener = gzip.open if checksum.of_decompressed else open
-        with opener(path, "rb") as stream:
-            while chunk := stream.read(_CHUNK_BYTES):
-                hasher.update(chunk)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        raise CorruptFileError(
-            f"{path} is not a complete gzip file ({error}). Delete it and download it again."
-        ) from error
+    hasher = hashlib.new(checksum.algorithm, usedforsecurity=False)  # integrity check only (FIPS systems)
+    with open_data_file(path, gunzip=checksum.of_decompressed) as stream:
+        while chunk := stream.read(_CHUNK_BYTES):
+            hasher.update(chunk)
     return hasher.hexdigest()

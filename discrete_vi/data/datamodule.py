@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from discrete_vi.data.download import download_missing_files
 from discrete_vi.data.images import GREY_LEVELS, IMAGE_SHAPE, INPUT_SIZE, sample_binary_images
-from discrete_vi.data.sources import SOURCES
-from discrete_vi.data.splits import DATASET_NAMES, load_splits
+from discrete_vi.data.sources import BUNDLED_DATASET, check_dataset_name, data_source
+from discrete_vi.data.splits import load_splits
 
 
 class _ImageRows(Dataset):
@@ -37,20 +38,26 @@ class BinarizedImageDataModule(pl.LightningDataModule):
     the last 1,345 training images are taken as the validation split, leaving
     23,000 for training; dynamic).
 
-    Dynamic binarization draws a fresh Bernoulli image (P(1) = grey / 255) on
-    every pass over the training data, in :meth:`on_after_batch_transfer` on
-    the model's device with torch's global RNG (seeded by Lightning). The
-    validation and test splits are binarized once, in :meth:`setup`, with a
-    ``torch.Generator`` seeded with ``seed``, so their scores are comparable
-    across runs and estimators.
+    Binarization: every split is held as uint8 grey levels and every batch
+    goes through one Bernoulli draw per pixel with P(1) = grey / 255, in
+    :meth:`on_after_batch_transfer` on the model's device. Dynamic training
+    images therefore get a fresh draw on every pass. The validation and test
+    splits (and all of ``binarized_mnist``) hold only 0 and 255, so their draw
+    is fixed: validation and test are binarized once, in :meth:`setup`, with a
+    ``torch.Generator`` seeded with ``seed``, and their scores are comparable
+    across runs and estimators. Training draws use torch's global RNG: they are
+    reproducible only when the run is seeded (``pl.seed_everything`` or
+    ``--seed_everything`` on the command line).
 
     Batch format: the DataLoaders yield uint8 tensors ``[B, 784]``; after the
-    transfer hook every batch a model receives is a float32 tensor
-    ``[B, 784]`` of exact 0/1 values (row-major 28x28 pixels, no labels).
+    transfer hook every batch is a float32 tensor ``[B, 784]`` of exact 0/1
+    values (row-major 28x28 pixels, no labels). The Trainer calls the hook;
+    a loop without one calls ``datamodule.on_after_batch_transfer(batch, 0)``.
 
     Files are looked up under ``root`` (default ``$DISCRETE_VI_DATA`` or
     ``~/.cache/discrete_vi``) and known system folders; with ``download=True``
-    missing files are downloaded in :meth:`prepare_data`.
+    missing files are downloaded in :meth:`prepare_data` (called by
+    :meth:`setup` as well, so a ``setup()`` alone downloads too).
     """
 
     def __init__(
@@ -75,8 +82,7 @@ class BinarizedImageDataModule(pl.LightningDataModule):
             seed: seed of the one-off binarization of the validation and test splits.
         """
         super().__init__()
-        if dataset not in DATASET_NAMES:
-            raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASET_NAMES)}")
+        check_dataset_name(dataset)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if eval_batch_size <= 0:
@@ -92,7 +98,6 @@ class BinarizedImageDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self._images: dict[str, torch.Tensor] | None = None
-        self._train_is_binary = False
         self._train_mean: torch.Tensor | None = None
 
     @property
@@ -107,43 +112,40 @@ class BinarizedImageDataModule(pl.LightningDataModule):
 
     @property
     def train_mean(self) -> torch.Tensor:
-        """float32 ``[784]``: mean pixel intensity in [0, 1] over the training split
-        (grey level / 255, or the 0/1 mean for ``binarized_mnist``). Needs :meth:`setup`."""
+        """float32 ``[784]``: mean pixel intensity (grey level / 255, in [0, 1]) over the
+        training split. Needs :meth:`setup`."""
         if self._train_mean is None:
             raise RuntimeError("train_mean is known after setup(); call datamodule.setup() first.")
         return self._train_mean
 
     @property
     def images(self) -> dict[str, torch.Tensor]:
-        """The uint8 ``[N, 784]`` tensors held per split after :meth:`setup`: ``train``
-        (grey levels, or 0/1 for ``binarized_mnist``), ``val`` and ``test`` (0/1, binarized once)."""
+        """The uint8 grey levels ``[N, 784]`` held per split after :meth:`setup`: ``train``
+        as read (0/255 for ``binarized_mnist``), ``val`` and ``test`` binarized once to 0/255."""
         if self._images is None:
             raise RuntimeError("images are loaded by setup(); call datamodule.setup() first.")
         return self._images
 
     def prepare_data(self) -> None:
-        """Download missing files if ``download`` is set; nothing else."""
-        if self.download and self.dataset in SOURCES:
-            download_missing_files(self.dataset, self.root, roles=_roles_needed(self.dataset))
+        """Download missing files if ``download`` is set (files already present are kept); nothing else."""
+        if self.download and self.dataset != BUNDLED_DATASET:
+            download_missing_files(self.dataset, self.root, roles=data_source(self.dataset).image_roles)
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the splits once per instance and binarize validation and test with ``seed``."""
+        """Load the splits once per instance (downloading first if ``download`` is set)
+        and binarize validation and test with ``seed``."""
         if self._images is not None:
             return
+        self.prepare_data()
         splits = load_splits(self.dataset, self.root)
-        train = torch.from_numpy(splits.train)
-        scale = 1.0 if splits.binary else float(GREY_LEVELS)
-        self._train_mean = (train.to(torch.float64).mean(dim=0) / scale).to(torch.float32)
-        if splits.binary:
-            val, test = torch.from_numpy(splits.val), torch.from_numpy(splits.test)
-        else:
-            generator = torch.Generator().manual_seed(self.seed)
-            val, test = (
-                sample_binary_images(torch.from_numpy(split), generator).to(torch.uint8)
-                for split in (splits.val, splits.test)
-            )
-        self._images = {"train": train, "val": val, "test": test}
-        self._train_is_binary = splits.binary
+        # Summed in float64 chunk by chunk: no float copy of the training set.
+        self._train_mean = torch.from_numpy(splits.train.mean(axis=0, dtype=np.float64) / GREY_LEVELS).float()
+        generator = torch.Generator().manual_seed(self.seed)
+        val, test = (
+            (sample_binary_images(torch.from_numpy(split), generator) * GREY_LEVELS).to(torch.uint8)
+            for split in (splits.val, splits.test)
+        )
+        self._images = {"train": torch.from_numpy(splits.train), "val": val, "test": test}
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)
@@ -155,11 +157,9 @@ class BinarizedImageDataModule(pl.LightningDataModule):
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
     def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
-        """uint8 ``[B, 784]`` on the device -> float32 0/1 ``[B, 784]``; a fresh draw while training."""
-        training = self.trainer is not None and self.trainer.training
-        if training and not self._train_is_binary:
-            return sample_binary_images(batch)
-        return batch.to(torch.float32)
+        """uint8 grey levels ``[B, 784]`` on the device -> float32 0/1 ``[B, 784]``: one Bernoulli
+        draw per pixel, fresh for grey training pixels and fixed for 0/255 pixels."""
+        return sample_binary_images(batch)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -169,8 +169,3 @@ class BinarizedImageDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-
-def _roles_needed(dataset: str) -> tuple[str, ...]:
-    """The files the datamodule reads for ``dataset`` (labels are not needed)."""
-    return tuple(role for role in SOURCES[dataset].files if not role.endswith("_labels"))

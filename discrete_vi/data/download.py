@@ -1,20 +1,22 @@
 """Downloads of dataset files with checksum verification and atomic writes.
 
 A file is streamed into a hidden temporary file ``.<name>.<random>.part`` in
-the destination folder, checked against its recorded checksum, and only then
-renamed to its final name. On any failure (network error, connection closed
-early, wrong checksum, Ctrl-C) the temporary file is removed; the data search
-looks up exact file names only, so a temporary name is never taken for data.
+the destination folder (see :func:`atomic_output`), checked against its
+recorded checksum, and only then renamed to its final name. On any failure
+(network error, connection closed early, wrong checksum, Ctrl-C) the
+temporary file is removed; the data search looks up exact file names only, so
+a temporary name is never taken for data.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
-import tempfile
+import secrets
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,7 +24,7 @@ from tqdm.auto import tqdm
 
 from discrete_vi.data.checksums import Checksum, compute_digest
 from discrete_vi.data.errors import CorruptFileError, DownloadError
-from discrete_vi.data.sources import SOURCES, dataset_folder, find_local_file, search_folders
+from discrete_vi.data.sources import data_source, dataset_folder, find_local_file, search_folders
 
 _CHUNK_BYTES = 1 << 16
 _TIMEOUT_SECONDS = 60.0
@@ -39,9 +41,10 @@ def download_missing_files(
     ``roles`` selects files (default: all the dataset's files); ``mirror``
     replaces the dataset's canonical base URL (a file's URL is
     ``mirror + "/" + name``). Downloads go to ``<root>/<dataset folder>/``.
-    Returns the local path of every selected file, keyed by role.
+    Returns the local path of every selected file, keyed by role. Raises
+    ``ValueError`` for an unknown dataset name.
     """
-    source = SOURCES[dataset]
+    source = data_source(dataset)
     folders = search_folders(dataset, root)
     destination_folder = dataset_folder(dataset, root)
     base_url = source.base_url if mirror is None else mirror.rstrip("/") + "/"
@@ -63,21 +66,29 @@ def download_file(url: str, destination: Path, checksum: Checksum, timeout: floa
     cases nothing is left in the destination folder.
     """
     destination = Path(destination)
+    with atomic_output(destination) as output:
+        _stream_url(url, output, timeout, label=destination.name)
+        output.flush()
+        _verify_download(url, Path(output.name), checksum)
+    return destination
+
+
+@contextmanager
+def atomic_output(destination: Path) -> Iterator[BinaryIO]:
+    """A new hidden file ``.<name>.<random>.part`` beside ``destination``, open for
+    binary writing; renamed to ``destination`` if the ``with`` block ends normally,
+    removed if it raises (Ctrl-C included). Created like any file, so its mode
+    follows the umask. Missing parent folders are created."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary_name = tempfile.mkstemp(
-        dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
-    )
-    temporary = Path(temporary_name)
+    temporary = destination.with_name(f".{destination.name}.{secrets.token_hex(8)}.part")
+    output = open(temporary, "xb")  # "x": a new file, never someone else's
     try:
-        with os.fdopen(descriptor, "wb") as output:
-            _stream_url(url, output, timeout, label=destination.name)
-        _verify_download(url, temporary, checksum)
-        temporary.chmod(0o644)  # mkstemp creates it private; data files are readable by all
+        with output:
+            yield output
         os.replace(temporary, destination)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    return destination
 
 
 def _stream_url(url: str, output: BinaryIO, timeout: float, label: str) -> None:
@@ -108,13 +119,18 @@ def _verify_download(url: str, path: Path, checksum: Checksum) -> None:
     """Raise CorruptFileError unless ``path`` (just downloaded from ``url``) matches ``checksum``."""
     try:
         actual = compute_digest(path, checksum)
-    except CorruptFileError as error:
-        raise CorruptFileError(f"The file downloaded from {url} is not valid gzip: {error.__cause__}. "
-                               "Nothing was saved; try again, or use another mirror.") from error
+    except CorruptFileError as error:  # the gzip problem is in the chained error
+        raise _rejected_download(url, "is not a complete gzip file") from error
     if actual != checksum.digest:
         content = "decompressed content" if checksum.of_decompressed else "file"
-        raise CorruptFileError(
-            f"The file downloaded from {url} does not match its recorded checksum "
-            f"({checksum.algorithm} of the {content}: expected {checksum.digest}, got {actual}). "
-            "Nothing was saved; try again, or use another mirror."
+        raise _rejected_download(
+            url,
+            f"does not match its recorded checksum "
+            f"({checksum.algorithm} of the {content}: expected {checksum.digest}, got {actual})",
         )
+
+
+def _rejected_download(url: str, problem: str) -> CorruptFileError:
+    return CorruptFileError(
+        f"The file downloaded from {url} {problem}. Nothing was saved; try again, or use another mirror."
+    )

@@ -19,7 +19,8 @@ def sample_binary_images(grey_levels: torch.Tensor, generator: torch.Generator |
 
     ``grey_levels``: uint8 ``[..., 784]`` on any device. Returns float32 of the
     same shape and device holding exact 0/1 values. Without ``generator`` the
-    draw uses torch's global RNG of that device (seeded by Lightning).
+    draw uses torch's global RNG of that device (reproducible when the run is seeded).
+    Grey levels 0 and 255 always give 0 and 1.
     """
     probabilities = grey_levels.to(torch.float32) / GREY_LEVELS
     return torch.bernoulli(probabilities, generator=generator)

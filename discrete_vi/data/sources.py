@@ -37,14 +37,20 @@ class DataFile:
 
 @dataclass(frozen=True)
 class DataSource:
-    """A dataset's files, keyed by role (e.g. ``"train_images"``), and where to get them."""
+    """A dataset's files, keyed by role (e.g. ``"train_images"``), and where to get them.
+
+    ``image_roles`` are the files the datamodule reads (the images; labels are
+    not needed): :func:`~discrete_vi.data.splits.load_splits` looks them up and
+    the datamodule downloads them.
+    """
 
     title: str
     folder: str  # sub-folder of the data root
     base_url: str  # a file's URL is base_url + file name
     files: Mapping[str, DataFile]
+    image_roles: tuple[str, ...]
     system_folders: tuple[Path, ...] = ()
-    install_hint: str | None = None  # a system package that provides the files
+    debian_package: str | None = None  # a Debian package that installs the files in system_folders
 
 
 def _md5(digest: str) -> Checksum:
@@ -61,6 +67,7 @@ _IDX_FILE_NAMES = {
     "test_images": "t10k-images-idx3-ubyte.gz",
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
+_IDX_IMAGE_ROLES = ("train_images", "test_images")  # the datamodule needs no labels
 
 
 def _idx_files(**checksums: Checksum) -> dict[str, DataFile]:
@@ -79,6 +86,7 @@ SOURCES: Mapping[str, DataSource] = {
             test_images=_md5("9fb629c4189551a2d022fa330f9573f3"),
             test_labels=_md5("ec29112dd5afa0611ce80d1b7f02629c"),
         ),
+        image_roles=_IDX_IMAGE_ROLES,
     ),
     "binarized_mnist": DataSource(
         title="binarized MNIST (Larochelle & Murray)",
@@ -99,6 +107,7 @@ SOURCES: Mapping[str, DataSource] = {
                 _sha256("e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c"),
             ),
         },
+        image_roles=("train_images", "val_images", "test_images"),
     ),
     "fashion_mnist": DataSource(
         title="Fashion-MNIST",
@@ -110,16 +119,40 @@ SOURCES: Mapping[str, DataSource] = {
             test_images=_sha256("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", True),
             test_labels=_sha256("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", True),
         ),
+        image_roles=_IDX_IMAGE_ROLES,
         system_folders=(Path("/usr/share/datasets/fashion-mnist"),),
-        install_hint="apt-get install dataset-fashion-mnist",
+        debian_package="dataset-fashion-mnist",
     ),
     "omniglot": DataSource(
         title="Omniglot (IWAE split)",
         folder="omniglot",
         base_url="https://raw.githubusercontent.com/yburda/iwae/master/datasets/OMNIGLOT/",
         files={"chardata": DataFile("chardata.mat", _md5("21ecaf34373511aa7691cf2e0802aa3d"))},
+        image_roles=("chardata",),
     ),
 }
+
+BUNDLED_DATASET = "mnist_subset"  # bundled with the package: no files to look up or download
+DATASET_NAMES: tuple[str, ...] = (BUNDLED_DATASET, *SOURCES)
+_PACKAGE_FOLDER = Path(__file__).resolve().parent
+
+
+def check_dataset_name(dataset: str) -> None:
+    """Raise the one ``ValueError`` for a dataset name not in :data:`DATASET_NAMES`."""
+    if dataset not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASET_NAMES)}")
+
+
+def data_source(dataset: str) -> DataSource:
+    """The table entry of a dataset with files to look up or download.
+
+    Raises ``ValueError`` for an unknown name (see :func:`check_dataset_name`)
+    and for the bundled ``mnist_subset``, which has no files.
+    """
+    check_dataset_name(dataset)
+    if dataset == BUNDLED_DATASET:
+        raise ValueError(f"dataset {dataset!r} is bundled with the package; it has no files to look up or download")
+    return SOURCES[dataset]
 
 
 def default_data_root() -> Path:
@@ -139,12 +172,12 @@ def resolve_data_root(root: str | os.PathLike | None) -> Path:
 
 def dataset_folder(dataset: str, root: str | os.PathLike | None) -> Path:
     """The folder under the data root that holds (and receives downloads of) ``dataset``."""
-    return resolve_data_root(root) / _source(dataset).folder
+    return resolve_data_root(root) / data_source(dataset).folder
 
 
 def search_folders(dataset: str, root: str | os.PathLike | None) -> list[Path]:
     """The folders searched for ``dataset``'s files, in order."""
-    return [dataset_folder(dataset, root), *_source(dataset).system_folders]
+    return [dataset_folder(dataset, root), *data_source(dataset).system_folders]
 
 
 def find_local_file(data_file: DataFile, folders: Iterable[Path]) -> Path | None:
@@ -160,7 +193,7 @@ def find_local_file(data_file: DataFile, folders: Iterable[Path]) -> Path | None
 def locate_files(dataset: str, roles: Iterable[str], root: str | os.PathLike | None) -> dict[str, Path]:
     """Paths of ``dataset``'s files for ``roles``; one :class:`DataFilesNotFoundError`
     naming every missing file, the folders searched and how to get the files."""
-    source = _source(dataset)
+    source = data_source(dataset)
     folders = search_folders(dataset, root)
     found = {role: find_local_file(source.files[role], folders) for role in roles}
     missing = [source.files[role].name for role, path in found.items() if path is None]
@@ -170,7 +203,7 @@ def locate_files(dataset: str, roles: Iterable[str], root: str | os.PathLike | N
 
 
 def _missing_files_message(dataset: str, missing: list[str], folders: list[Path]) -> str:
-    source = _source(dataset)
+    source = data_source(dataset)
     target = folders[0]
     lines = [
         f"{source.title} files not found: {', '.join(missing)} (a .gz or uncompressed copy of each is accepted).",
@@ -182,13 +215,23 @@ def _missing_files_message(dataset: str, missing: list[str], folders: list[Path]
         f"  - point to a data root that holds them in a '{source.folder}/' sub-folder: "
         f"set {DATA_ROOT_ENV_VAR}=/path/to/root or use --data.root /path/to/root",
     ]
-    if source.install_hint:
-        lines.append(f"  - install the system package: {source.install_hint}")
+    if source.debian_package:
+        lines.append(f"  - install the system package: apt-get install {source.debian_package}")
     return "\n".join(lines)
 
 
-def _source(dataset: str) -> DataSource:
-    try:
-        return SOURCES[dataset]
-    except KeyError:
-        raise ValueError(f"no downloadable files for dataset {dataset!r}; known: {', '.join(SOURCES)}") from None
+def replacement_advice(path: Path) -> str:
+    """How to replace a damaged copy of a data file, by where it lies: reinstall
+    discrete_vi for the bundled subset, reinstall the Debian package (or put a good
+    copy under the data root) for a system copy, else delete it and download it again."""
+    resolved = path.resolve()
+    if resolved.is_relative_to(_PACKAGE_FOLDER):
+        return "reinstall discrete_vi (pip install --force-reinstall discrete-vi)"
+    for source in SOURCES.values():
+        if any(resolved.is_relative_to(folder.resolve()) for folder in source.system_folders):
+            return (
+                f"it is a system copy: reinstall it (apt-get install --reinstall {source.debian_package}), "
+                f"or put a good copy in the data root's '{source.folder}/' folder "
+                f"({default_data_root() / source.folder} unless root / --data.root is set), which is searched first"
+            )
+    return "delete it and download it again (download=True, or --data.download true)"

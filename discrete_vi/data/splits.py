@@ -2,7 +2,7 @@
 
 - ``mnist_subset``: 8,000 / 1,000 / 1,000 grey-level images, bundled.
 - ``mnist``, ``fashion_mnist``: 50,000 / 10,000 / 10,000 grey-level images.
-- ``binarized_mnist``: 50,000 / 10,000 / 10,000 fixed 0/1 images.
+- ``binarized_mnist``: 50,000 / 10,000 / 10,000 fixed binary images.
 - ``omniglot``: 23,000 / 1,345 / 8,070 grey-level images.
 
 MNIST and Fashion-MNIST: the last 10,000 of the 60,000 training images are
@@ -20,30 +20,26 @@ from pathlib import Path
 import numpy as np
 
 from discrete_vi.data.bundled import load_mnist_subset
-from discrete_vi.data.errors import CorruptFileError
+from discrete_vi.data.errors import corrupt_file_error
 from discrete_vi.data.images import GREY_LEVELS, INPUT_SIZE
 from discrete_vi.data.readers import read_amat, read_idx, read_omniglot_chardata
-from discrete_vi.data.sources import locate_files
+from discrete_vi.data.sources import BUNDLED_DATASET, data_source, locate_files
 
-DATASET_NAMES: tuple[str, ...] = ("mnist_subset", "mnist", "binarized_mnist", "fashion_mnist", "omniglot")
 _IDX_TRAIN_SIZE, _IDX_TEST_SIZE, _IDX_VAL_SIZE = 60_000, 10_000, 10_000
 _OMNIGLOT_TRAIN_SIZE, _OMNIGLOT_TEST_SIZE, _OMNIGLOT_VAL_SIZE = 24_345, 8_070, 1_345
-_BINARIZED_MNIST_SIZES = {"train_images": 50_000, "val_images": 10_000, "test_images": 10_000}
+_BINARIZED_MNIST_SIZES = {"train": 50_000, "val": 10_000, "test": 10_000}
 
 
 @dataclass(frozen=True)
 class ImageSplits:
-    """uint8 images ``[N, 784]`` per split (row-major 28x28 pixels).
-
-    ``binary`` false: values are grey levels 0-255, to be binarized by a
-    Bernoulli draw with P(1) = grey / 255. ``binary`` true: values are a fixed
-    0/1 binarization.
+    """uint8 grey levels ``[N, 784]`` per split (row-major 28x28 pixels), to be
+    binarized by a Bernoulli draw with P(1) = grey / 255. A fixed binarization
+    (``binarized_mnist``) holds only 0 and 255, which every draw leaves as they are.
     """
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
-    binary: bool
 
 
 def load_splits(dataset: str, root: str | os.PathLike | None = None) -> ImageSplits:
@@ -53,45 +49,41 @@ def load_splits(dataset: str, root: str | os.PathLike | None = None) -> ImageSpl
     :class:`~discrete_vi.data.errors.DataFilesNotFoundError` if files are
     missing and :class:`~discrete_vi.data.errors.CorruptFileError` if one is damaged.
     """
-    if dataset == "mnist_subset":
+    if dataset == BUNDLED_DATASET:
         subset = load_mnist_subset()
-        return ImageSplits(subset["train"], subset["val"], subset["test"], binary=False)
-    if dataset in ("mnist", "fashion_mnist"):
-        return _load_idx_splits(dataset, root)
+        return ImageSplits(subset["train"], subset["val"], subset["test"])
+    paths = locate_files(dataset, data_source(dataset).image_roles, root)
     if dataset == "binarized_mnist":
-        return _load_binarized_mnist(root)
+        return _binarized_mnist_splits(paths)
     if dataset == "omniglot":
-        return _load_omniglot(root)
-    raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASET_NAMES)}")
+        return _omniglot_splits(paths["chardata"])
+    return _idx_splits(paths)  # mnist, fashion_mnist
 
 
-def _load_idx_splits(dataset: str, root: str | os.PathLike | None) -> ImageSplits:
-    paths = locate_files(dataset, ("train_images", "test_images"), root)
+def _idx_splits(paths: dict[str, Path]) -> ImageSplits:
     train_and_val = _flat_images(paths["train_images"], read_idx(paths["train_images"]), _IDX_TRAIN_SIZE)
     test = _flat_images(paths["test_images"], read_idx(paths["test_images"]), _IDX_TEST_SIZE)
     train_size = _IDX_TRAIN_SIZE - _IDX_VAL_SIZE
     # Copies: writable arrays that do not keep the read-only file buffers alive.
-    return ImageSplits(
-        train_and_val[:train_size].copy(), train_and_val[train_size:].copy(), test.copy(), binary=False
-    )
+    return ImageSplits(train_and_val[:train_size].copy(), train_and_val[train_size:].copy(), test.copy())
 
 
-def _load_binarized_mnist(root: str | os.PathLike | None) -> ImageSplits:
-    paths = locate_files("binarized_mnist", _BINARIZED_MNIST_SIZES, root)
-    train, val, test = (
-        _flat_images(paths[role], read_amat(paths[role]), size) for role, size in _BINARIZED_MNIST_SIZES.items()
-    )
-    return ImageSplits(train, val, test, binary=True)
+def _binarized_mnist_splits(paths: dict[str, Path]) -> ImageSplits:
+    splits = {}
+    for split, size in _BINARIZED_MNIST_SIZES.items():
+        path = paths[f"{split}_images"]
+        splits[split] = _flat_images(path, read_amat(path), size)
+        splits[split] *= GREY_LEVELS  # 0/1 -> 0/255: "on" with probability 1
+    return ImageSplits(**splits)
 
 
-def _load_omniglot(root: str | os.PathLike | None) -> ImageSplits:
-    path = locate_files("omniglot", ("chardata",), root)["chardata"]
+def _omniglot_splits(path: Path) -> ImageSplits:
     train_and_val, test = (
         _flat_images(path, _grey_levels(images), size)
         for images, size in zip(read_omniglot_chardata(path), (_OMNIGLOT_TRAIN_SIZE, _OMNIGLOT_TEST_SIZE))
     )
     train_size = _OMNIGLOT_TRAIN_SIZE - _OMNIGLOT_VAL_SIZE
-    return ImageSplits(train_and_val[:train_size].copy(), train_and_val[train_size:].copy(), test, binary=False)
+    return ImageSplits(train_and_val[:train_size].copy(), train_and_val[train_size:].copy(), test)
 
 
 def _grey_levels(intensities: np.ndarray) -> np.ndarray:
@@ -102,9 +94,7 @@ def _grey_levels(intensities: np.ndarray) -> np.ndarray:
 def _flat_images(path: Path, images: np.ndarray, expected_count: int) -> np.ndarray:
     """``images`` as ``[N, 784]``; CorruptFileError unless N == ``expected_count``."""
     if images.ndim < 2 or images.shape[0] != expected_count or images.size != expected_count * INPUT_SIZE:
-        raise CorruptFileError(
-            f"{path}: holds images of shape {images.shape}, expected {expected_count} images of "
-            f"{INPUT_SIZE} pixels. It is not the expected file or is damaged; delete it and download it again."
+        raise corrupt_file_error(
+            path, f"holds images of shape {images.shape}, expected {expected_count} images of {INPUT_SIZE} pixels"
         )
     return images.reshape(expected_count, INPUT_SIZE)
-

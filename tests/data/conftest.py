@@ -3,6 +3,7 @@ Fashion-MNIST, an isolated data root and a local HTTP file server."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import os
 import threading
@@ -12,28 +13,49 @@ from pathlib import Path
 
 import pytest
 
+from discrete_vi.data import SOURCES
+
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CUT_PREFIX = "/cut/"  # the test server closes these downloads halfway
 
 
+def running_under_ci() -> bool:
+    """True when the environment variable CI is set to 1, true or yes (any case)."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _required_folder(folder: Path, missing_message: str) -> Path:
+    """``folder`` if it exists; otherwise the test is skipped, or fails under CI (which provides it)."""
+    if not folder.is_dir():
+        if running_under_ci():
+            pytest.fail(f"{missing_message} (CI provides it)")
+        pytest.skip(missing_message)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` beside the repository root (real MNIST and binarized MNIST)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared test data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    """``../shared/data`` beside the repository root (real MNIST and binarized MNIST);
+    skipped if absent, but a failure under CI."""
+    return _required_folder(SHARED_DATA, f"shared test data not found at {SHARED_DATA}")
 
 
 @pytest.fixture(scope="session")
 def fashion_mnist_dir() -> Path:
     """Debian's Fashion-MNIST folder; skipped if absent, but a failure under CI."""
-    if not DEBIAN_FASHION_MNIST.is_dir():
-        message = f"{DEBIAN_FASHION_MNIST} not found: apt-get install -y dataset-fashion-mnist"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI installs it)")
-        pytest.skip(message)
-    return DEBIAN_FASHION_MNIST
+    return _required_folder(
+        DEBIAN_FASHION_MNIST, f"{DEBIAN_FASHION_MNIST} not found: apt-get install -y dataset-fashion-mnist"
+    )
+
+
+@pytest.fixture
+def fashion_mnist_system_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder, not yet created, that replaces Debian's as Fashion-MNIST's system folder."""
+    folder = tmp_path / "system_fashion_mnist"
+    source = dataclasses.replace(SOURCES["fashion_mnist"], system_folders=(folder,))
+    monkeypatch.setitem(SOURCES, "fashion_mnist", source)
+    return folder
 
 
 @pytest.fixture(autouse=True)
@@ -74,8 +96,11 @@ class FileServer:
 
 
 @pytest.fixture
-def file_server(tmp_path: Path) -> Iterator[FileServer]:
-    """A local HTTP server on 127.0.0.1 in a thread, serving an empty tmp folder."""
+def file_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
+    """A local HTTP server on 127.0.0.1 in a thread, serving an empty tmp folder.
+    Requests to it bypass any HTTP proxy set in the environment."""
+    for variable in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(variable, "127.0.0.1,localhost")
     folder = tmp_path / "served"
     folder.mkdir()
     handler = lambda *args, **kwargs: _FileHandler(*args, directory=str(folder), **kwargs)  # noqa: E731

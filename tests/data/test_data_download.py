@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 import discrete_vi.data.download as download_module
 from discrete_vi.data import (
+    DATASET_NAMES,
     SOURCES,
     BinarizedImageDataModule,
     CorruptFileError,
@@ -39,7 +41,11 @@ def test_download_lands_verified_files_that_read(shared_data: Path, file_server,
     served, url = file_server.folder, file_server.url
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         _serve_mnist_file(shared_data, served, name)
-    paths = download_missing_files("mnist", roles=["test_images", "test_labels"], mirror=url)
+    previous_umask = os.umask(0o027)
+    try:
+        paths = download_missing_files("mnist", roles=["test_images", "test_labels"], mirror=url)
+    finally:
+        os.umask(previous_umask)
     assert paths == {
         "test_images": data_root / "mnist" / "t10k-images-idx3-ubyte.gz",
         "test_labels": data_root / "mnist" / "t10k-labels-idx1-ubyte.gz",
@@ -47,7 +53,7 @@ def test_download_lands_verified_files_that_read(shared_data: Path, file_server,
     assert _all_entries(data_root / "mnist") == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
     assert read_idx(paths["test_images"]).shape == (10_000, 28, 28)
     assert read_idx(paths["test_labels"]).shape == (10_000,)
-    assert paths["test_images"].stat().st_mode & 0o777 == 0o644
+    assert paths["test_images"].stat().st_mode & 0o777 == 0o640  # 0o666 less the umask, like any new file
 
 
 def test_files_already_present_are_not_downloaded_again(shared_data: Path, file_server, data_root: Path) -> None:
@@ -78,7 +84,7 @@ def test_fashion_mnist_download_checks_decompressed_content(fashion_mnist_dir: P
     assert gzip.decompress(destination.read_bytes()) == content
     # A truncated gzip fails the decompressed-content check with a clear message.
     (served / "short.gz").write_bytes((served / name).read_bytes()[:-20])
-    with pytest.raises(CorruptFileError, match="not valid gzip.*Nothing was saved"):
+    with pytest.raises(CorruptFileError, match="short.gz is not a complete gzip file. Nothing was saved"):
         download_file(url + "short.gz", tmp_path / "other" / name, SOURCES["fashion_mnist"].files["test_labels"].checksum)
     assert _all_entries(tmp_path / "other") == []
 
@@ -160,7 +166,7 @@ def test_http_error_is_a_download_error(file_server, data_root: Path) -> None:
     assert _all_entries(data_root / "mnist") == []
 
 
-def test_datamodule_prepare_data_downloads_then_setup_loads(
+def test_datamodule_setup_alone_downloads_the_image_files_then_loads(
     shared_data: Path, file_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     served, url = file_server.folder, file_server.url
@@ -169,19 +175,28 @@ def test_datamodule_prepare_data_downloads_then_setup_loads(
     monkeypatch.setitem(SOURCES, "mnist", dataclasses.replace(SOURCES["mnist"], base_url=url))
     root = tmp_path / "config_root"
     datamodule = BinarizedImageDataModule("mnist", root=str(root), download=True)
-    datamodule.prepare_data()
+    datamodule.setup("fit")  # as from Python, without the Trainer's prepare_data()
     assert _all_entries(root / "mnist") == ["t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz"]
-    datamodule.setup("fit")
     assert datamodule.images["train"].shape == (50_000, 784)
+    file_server.folder.rename(tmp_path / "unserved")  # a second download would now fail with HTTP 404
+    datamodule.prepare_data()  # idempotent: the files are present, nothing is fetched
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist_subset"])
+def test_download_of_a_dataset_without_files_is_a_clear_value_error(dataset: str) -> None:
+    message = {
+        "cifar10": "unknown dataset 'cifar10'; choose one of: " + ", ".join(DATASET_NAMES),
+        "mnist_subset": "dataset 'mnist_subset' is bundled with the package; it has no files to look up or download",
+    }[dataset]
+    with pytest.raises(ValueError) as caught:
+        download_missing_files(dataset)
+    assert str(caught.value) == message
 
 
 def test_missing_files_error_names_files_folders_and_remedies(
-    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+    fashion_mnist_system_folder: Path, data_root: Path
 ) -> None:
-    absent_system_folder = tmp_path / "no-system-copy"
-    monkeypatch.setitem(
-        SOURCES, "fashion_mnist", dataclasses.replace(SOURCES["fashion_mnist"], system_folders=(absent_system_folder,))
-    )
+    absent_system_folder = fashion_mnist_system_folder
     with pytest.raises(DataFilesNotFoundError) as caught:
         BinarizedImageDataModule("fashion_mnist").setup()
     message = str(caught.value)
@@ -198,6 +213,29 @@ def test_missing_files_error_names_files_folders_and_remedies(
     ):
         assert expected in message
     assert "labels" not in message  # the datamodule does not need the label files
+
+
+def test_damaged_file_advice_depends_on_where_the_file_lies(fashion_mnist_system_folder: Path, data_root: Path) -> None:
+    system_folder = fashion_mnist_system_folder
+    damaged = gzip.compress(b"\x00\x00\x08\x03" + bytes(12))  # an IDX header announcing no images
+    system_folder.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        (system_folder / name).write_bytes(damaged)
+    with pytest.raises(CorruptFileError) as caught:
+        BinarizedImageDataModule("fashion_mnist").setup()
+    message = str(caught.value)
+    assert str(system_folder / "train-images-idx3-ubyte.gz") in message and "delete it" not in message
+    assert "apt-get install --reinstall dataset-fashion-mnist" in message
+    assert str(data_root / "fashion_mnist") in message and "searched first" in message
+    # The same damaged file under the data root, which is searched first: delete it and download it again.
+    (data_root / "fashion_mnist").mkdir(parents=True)
+    (data_root / "fashion_mnist" / "train-images-idx3-ubyte.gz").write_bytes(damaged)
+    with pytest.raises(CorruptFileError) as caught:
+        BinarizedImageDataModule("fashion_mnist").setup()
+    message = str(caught.value)
+    assert str(data_root / "fashion_mnist" / "train-images-idx3-ubyte.gz") in message
+    assert "delete it and download it again (download=True, or --data.download true)" in message
+    assert "reinstall" not in message
 
 
 def test_no_download_without_permission(data_root: Path) -> None:
