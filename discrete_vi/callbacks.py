@@ -53,5 +53,6 @@ class GradientVarianceMonitor(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step % self.every_n_steps == 0:
-            variance = pl_module.gradient_variance(batch, self.n_draws)
-            pl_module.log("train/grad_variance", variance, on_step=True, batch_size=batch.shape[0])
+            variance = pl_module.gradient_variance(batch, self.n_draws).item()
+            for logger in trainer.loggers:  # written once per measurement (self.log would repeat it)
+                logger.log_metrics({"train/grad_variance": variance}, step=trainer.global_step)

@@ -161,3 +161,16 @@ def test_a_user_defined_estimator_trains_by_class_path(tmp_path, monkeypatch):
     assert type(cli.model.estimator).__name__ == "FixedBaselineReinforce"
     assert cli.model.estimator.baseline == -200
     assert cli.trainer.global_step == 4
+
+
+def test_quickstart_callbacks_write_images_and_gradient_variance(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    run_cli(["fit", "--config", str(config), *TINY, "--trainer.limit_train_batches", "6", *SMALL_EVAL,
+             "--trainer.callbacks.init_args.every_n_steps", "2"])
+    events = EventAccumulator(str(only_version(tmp_path)), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    assert {"images/inputs", "images/reconstructions", "images/samples"} <= set(events.Tags()["images"])
+    steps = [e.step for e in events.Scalars("train/grad_variance")]
+    assert steps == [2, 4, 6]
+    assert all(e.value > 0 for e in events.Scalars("train/grad_variance"))

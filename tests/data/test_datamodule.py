@@ -305,3 +305,14 @@ def test_subset_script_says_which_file_is_missing(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as caught:
         _subset_script().subset_splits(tmp_path)
     assert str(caught.value).startswith(f"{tmp_path / 'train-images-idx3-ubyte.gz'} not found: pass the folder")
+
+
+def test_evaluation_batches_under_a_trainer_do_not_consume_the_training_rng():
+    datamodule = BinarizedImageDataModule(dataset="mnist_subset", seed=0)
+    datamodule.setup("fit")
+    datamodule.trainer = pl.Trainer(logger=False, enable_progress_bar=False)  # attached, not training
+    batch = next(iter(datamodule.val_dataloader()))
+    state = torch.get_rng_state()
+    images = datamodule.on_after_batch_transfer(batch, 0)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert images.dtype == torch.float32 and set(images.unique().tolist()) == {0.0, 1.0}
