@@ -85,10 +85,11 @@ def bare_steps_per_second(train_images: torch.Tensor, steps: int, warmup: int) -
         if step == warmup:
             start = time.perf_counter()
         index = order[step * batch : (step + 1) * batch]
-        x = torch.bernoulli(train_images[index].float() / 255)
+        grey = train_images[index].float() / 255
+        x = (torch.rand_like(grey) < grey).float()  # Bernoulli draws as the framework makes them
         logits = encoder(x)
         theta = torch.sigmoid(logits.detach())
-        b = torch.bernoulli(theta.expand(k, -1, -1))
+        b = (torch.rand(k, *theta.shape) < theta).float()
         bce = nn.functional.binary_cross_entropy_with_logits
         log_px = -bce(decoder(b), x.expand(k, -1, -1), reduction="none").sum(-1)
         log_prior = -bce(prior.expand_as(b), b, reduction="none").sum(-1)

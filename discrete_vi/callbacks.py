@@ -9,6 +9,7 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from discrete_vi.estimators.base import check_count
+from discrete_vi.models.base import write_scalars
 
 
 def _tensorboard(trainer: pl.Trainer):
@@ -54,5 +55,4 @@ class GradientVarianceMonitor(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step % self.every_n_steps == 0:
             variance = pl_module.gradient_variance(batch, self.n_draws).item()
-            for logger in trainer.loggers:  # written once per measurement (self.log would repeat it)
-                logger.log_metrics({"train/grad_variance": variance}, step=trainer.global_step)
+            write_scalars(trainer, {"train/grad_variance": variance}, trainer.global_step)

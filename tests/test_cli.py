@@ -74,6 +74,8 @@ def test_a_user_defined_model_trains_by_class_path_with_each_estimator(name, tmp
     cli = run_cli(["fit", *TINY, "--model", "custom_model.TanhDecoderVAE", *SMALL_EVAL, *ESTIMATORS[name]])
     assert type(cli.model).__name__ == "TanhDecoderVAE"
     assert cli.trainer.global_step == 4
+    assert math.isfinite(cli.trainer.callback_metrics["train/elbo"].item())  # for callbacks that monitor it
+    assert "train/elbo" in cli.trainer.progress_bar_metrics
     logged = scalars(only_version(tmp_path))
     assert all(math.isfinite(v) for v in logged["train/elbo"]) and len(logged["train/elbo"]) == 4
 

@@ -23,7 +23,8 @@ def sample_binary_images(grey_levels: torch.Tensor, generator: torch.Generator |
     Grey levels 0 and 255 always give 0 and 1.
     """
     probabilities = grey_levels.to(torch.float32) / GREY_LEVELS
-    return torch.bernoulli(probabilities, generator=generator)
+    uniforms = torch.rand(probabilities.shape, generator=generator, device=probabilities.device)
+    return (uniforms < probabilities).to(torch.float32)  # 1[u < p]: several times faster than torch.bernoulli on CPU
 
 
 def split_upper_lower(images: ArrayLike) -> tuple[ArrayLike, ArrayLike]:
