@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from discrete_vi.cli import run_cli
@@ -176,3 +177,27 @@ def test_quickstart_callbacks_write_images_and_gradient_variance(tmp_path, monke
     steps = [e.step for e in events.Scalars("train/grad_variance")]
     assert steps == [2, 4, 6]
     assert all(e.value > 0 for e in events.Scalars("train/grad_variance"))
+
+
+@pytest.mark.parametrize("estimator", ["RLOODoubleCV", "DisARM"])
+def test_mixed_precision_clipping_and_accumulation(estimator, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["fit", *TINY, "--model", "BinaryVAE", "--model.latent_sizes", "[30]", *SMALL_EVAL,
+                   "--model.estimator", estimator, "--trainer.precision", "bf16-mixed",
+                   "--trainer.gradient_clip_val", "1.0", "--trainer.accumulate_grad_batches", "2"])
+    assert cli.trainer.global_step == 2  # 4 batches, 2 per optimizer step
+    logged = scalars(only_version(tmp_path))
+    assert all(math.isfinite(v) for tag in ("train/elbo", "val/log_likelihood") for v in logged[tag])
+
+
+def test_validate_and_predict_subcommands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = ["--model", "BinaryVAE", "--model.latent_sizes", "[30]", *SMALL_EVAL]
+    run_cli(["fit", *TINY, *model])
+    checkpoint = str(only_version(tmp_path) / "checkpoints" / "last.ckpt")
+    run_cli(["validate", *TINY, *model, "--ckpt_path", checkpoint])
+    cli = run_cli(["predict", *TINY, *model, "--ckpt_path", checkpoint])
+    predictions = cli.trainer.predict_loop.predictions  # one dict per batch of the test split
+    elbo = torch.cat([p["elbo"] for p in predictions])
+    log_likelihood = torch.cat([p["log_likelihood"] for p in predictions])
+    assert elbo.shape == (1000,) and (elbo <= log_likelihood).all()

@@ -158,6 +158,10 @@ class BinarizedImageDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, in order (``discrete-vi predict`` scores each test image)."""
+        return self.test_dataloader()
+
     def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
         """uint8 ``[B, 784]`` on the device -> float32 0/1 ``[B, 784]``.
 

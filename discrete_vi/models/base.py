@@ -221,6 +221,11 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
         self._evaluate("test", batch, self.test_samples)
 
+    def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
+        """Per-example scores `[B]`: `elbo` and `log_likelihood` (the `test_samples` bound)."""
+        elbo, log_likelihood = self.bounds(batch, self.test_samples)
+        return {"elbo": elbo, "log_likelihood": log_likelihood}
+
     def on_test_epoch_end(self) -> None:
         self.log("test/nll", -self.eval_metrics["test_log_likelihood"].compute())
 
