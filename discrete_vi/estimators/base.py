@@ -93,9 +93,12 @@ def evaluate_objective(f: Callable[..., Tensor], expected: tuple[int, int], *inp
 
 
 def bernoulli_log_prob(samples: Tensor, logits: Tensor) -> Tensor:
-    """log q(b) summed over units: samples and logits broadcast to `[..., D]` -> `[...]`."""
-    logits, samples = torch.broadcast_tensors(logits, samples)
-    return -nn.functional.binary_cross_entropy_with_logits(logits, samples, reduction="none").sum(-1)
+    """log q(b) = sum_d (b_d phi_d - softplus(phi_d)): samples and logits broadcast to `[..., D]` -> `[...]`.
+
+    The softplus term is computed on the logits' own shape, so logits `[B, D]`
+    against samples `[K, B, D]` (or a prior's `[D]`) cost one pass, not K.
+    """
+    return (samples * logits).sum(-1) - nn.functional.softplus(logits).sum(-1)
 
 
 def surrogate_loss(f_values: Tensor, logits: Sequence[Tensor], gradients: Sequence[Tensor], batch_size: int) -> Tensor:

@@ -50,19 +50,20 @@ def double_cv_terms(f_values: Tensor, samples: Tensor, theta: Tensor, grads: Ten
     """The two parts of `g = g0 + alpha * g1`, each `[B, D]` float32.
 
     f_values: `[K, B]`; samples, grads: `[K, B, D]`; theta: `[B, D]`.
+    g0 is RLOO on f; g1 is RLOO on the controls `c_k / alpha = <gbar_{-k}, S_k>`
+    minus the controls' expectation `mean_k grad_k * theta (1 - theta)`.
     """
     n_samples = samples.shape[0]
     scores = samples - theta
-    leave_one_out_grads = (grads.sum(0, keepdim=True) - grads) / (n_samples - 1)
-    controls = (leave_one_out_grads * scores).sum(-1)  # [K, B]: c_k / alpha
+    leave_one_out_grads = grads.sum(0, keepdim=True) - grads  # (K-1) * gbar_{-k}
+    controls = (leave_one_out_grads * scores).sum(-1) / (n_samples - 1)  # [K, B]
 
     def rloo(values: Tensor) -> Tensor:
-        centred = values - values.mean(0, keepdim=True)
-        return (centred.unsqueeze(-1) * scores).sum(0) / (n_samples - 1)
+        centred = (values - values.mean(0, keepdim=True)) / (n_samples - 1)
+        return (centred.unsqueeze(-1) * scores).sum(0)
 
-    g0 = rloo(f_values)
-    g1 = rloo(controls) - grads.mean(0) * theta * (1.0 - theta)
-    return g0, g1
+    g1 = rloo(controls) - grads.mean(0) * (theta - theta * theta)
+    return rloo(f_values), g1
 
 
 class _DoubleCVLink(torch.autograd.Function):
@@ -78,21 +79,20 @@ class _DoubleCVLink(torch.autograd.Function):
     def backward(ctx, grad_samples: Tensor | None, grad_probe: Tensor):
         logits, alpha, samples = ctx.saved_tensors
         n_samples, batch_size = samples.shape[:2]
+        scale = float(grad_probe)
+        if scale == 0.0:
+            return torch.zeros_like(logits), torch.zeros_like(alpha), None, None
+        if grad_samples is None:
+            raise RuntimeError(
+                "RLOODoubleCV: f is not differentiable in its samples (no gradient reached them); use RLOO for such f"
+            )
         with float32_arithmetic(samples.device):
-            scale = grad_probe.float()
-            if grad_samples is None or float(scale) == 0.0:
-                if grad_samples is None and float(scale) != 0.0:
-                    raise RuntimeError(
-                        "RLOODoubleCV: f is not differentiable in its samples (no gradient reached them); "
-                        "use RLOO for such f"
-                    )
-                return torch.zeros_like(logits), torch.zeros_like(alpha), None, None
-            grads = -grad_samples.float() * (n_samples * batch_size) / scale
+            grads = grad_samples.float() * (-(n_samples * batch_size) / scale)
             theta = torch.sigmoid(logits.detach().float())
             g0, g1 = double_cv_terms(ctx.pending.f_values, samples, theta, grads)
-            g = g0 + alpha.detach().float() * g1
-            grad_logits = (scale * (-g / batch_size)).to(logits.dtype)
-            grad_alpha = (scale * 2.0 * (g * g1).mean()).to(alpha.dtype)
+            g = torch.add(g0, g1, alpha=float(alpha))
+            grad_logits = (g * (-scale / batch_size)).to(logits.dtype)
+            grad_alpha = (torch.dot(g.flatten(), g1.flatten()) * (2.0 * scale / g.numel())).to(alpha.dtype)
         return grad_logits, grad_alpha, None, None
 
 
