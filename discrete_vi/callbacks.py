@@ -9,7 +9,7 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from discrete_vi.estimators.base import check_count
-from discrete_vi.models.base import write_scalars
+from discrete_vi.models.base import completes_optimizer_step, write_scalars
 
 
 def _tensorboard(trainer: pl.Trainer):
@@ -53,6 +53,6 @@ class GradientVarianceMonitor(pl.Callback):
         self.n_draws = check_count("n_draws", n_draws, 2)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step % self.every_n_steps == 0:
+        if completes_optimizer_step(trainer, batch_idx) and trainer.global_step % self.every_n_steps == 0:
             variance = pl_module.gradient_variance(batch, self.n_draws).item()
             write_scalars(trainer, {"train/grad_variance": variance}, trainer.global_step)

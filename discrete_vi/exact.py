@@ -10,7 +10,6 @@ estimator or to measure its bias and variance.
 
 from __future__ import annotations
 
-import itertools
 from typing import Sequence
 
 import torch
@@ -30,7 +29,9 @@ MAX_BITS = 20
 
 def all_configurations(n_units: int, device: torch.device | str = "cpu") -> Tensor:
     """Every binary vector of length `n_units`: float32 `[2**n_units, n_units]`."""
-    return torch.tensor(list(itertools.product((0.0, 1.0), repeat=n_units)), device=device).view(-1, n_units)
+    codes = torch.arange(2**n_units, device=device).unsqueeze(1)
+    bits = torch.arange(n_units - 1, -1, -1, device=device)
+    return ((codes >> bits) & 1).float()  # row i is i in binary, most significant unit first
 
 
 def exact_objective(logits: Tensor, f: Objective) -> Tensor:

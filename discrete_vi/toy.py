@@ -66,8 +66,8 @@ def quadratic_problem(n_units: int = 200, target: float = 0.499) -> ToyProblem:
 def gradient_estimates(estimator: Estimator, logits: Tensor, f: Callable[[Tensor], Tensor], n_draws: int) -> Tensor:
     """`n_draws` independent estimates `g` at fixed logits `[D]`: `[n_draws, D]`.
 
-    The draws are the examples of one batched call; learned estimator state
-    is neither used for gradients nor updated (eval mode).
+    The draws are the examples of one batched call at the estimator's current
+    state (alpha, baseline), which is not updated here (eval mode).
     """
     was_training = estimator.training
     estimator.eval()
@@ -135,13 +135,13 @@ def train_toy(
 
 
 def toy_estimators(n_evaluations: int = 2) -> dict[str, Callable[[], Estimator]]:
-    """The estimators compared at equal evaluations of f (K samples or K/2 pairs)."""
-    pairs = max(1, n_evaluations // 2)
+    """The estimators compared at equal evaluations of f (an even number: K samples or K/2 pairs)."""
+    pairs = n_evaluations // 2
     return {
         "REINFORCE": lambda: Reinforce(n_evaluations),
         "REINFORCE+EMA": lambda: Reinforce(n_evaluations, baseline="ema"),
-        "RLOO": lambda: RLOO(max(2, n_evaluations)),
-        "RLOO+doubleCV": lambda: RLOODoubleCV(max(2, n_evaluations)),
+        "RLOO": lambda: RLOO(n_evaluations),
+        "RLOO+doubleCV": lambda: RLOODoubleCV(n_evaluations),
         "ARM": lambda: ARM(pairs),
         "DisARM": lambda: DisARM(pairs),
     }
@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict[str, ToyHistory]:
     for name in ("steps", "evaluations", "measure_every", "draws"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.evaluations % 2:
+        parser.error("--evaluations must be even, so that ARM/DisARM (2 per pair) cost the same as the others")
     problem = quadratic_problem() if args.problem == "quadratic" else single_unit_problem(args.p0)
     results = {
         name: train_toy(problem, make(), args.steps, args.lr, args.measure_every, args.draws, args.seed)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv and install discrete-vi into it (editable, with test extras).
-# torch is installed first so that pip does not pick a CUDA build by itself:
-# TORCH_SPEC defaults to the CPU build this project is tested with; on a
-# machine with a GPU set e.g. TORCH_SPEC="torch>=2.4".
+# torch is installed first, pinned, so that no dependency pulls in another build:
+# TORCH_SPEC defaults to torch==2.13.0, the version this project is tested with
+# (its CI machines carry a local CPU build of it); any torch>=2.4 works, e.g.
+# TORCH_SPEC="torch>=2.4" on a machine with a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"

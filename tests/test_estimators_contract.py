@@ -234,3 +234,20 @@ def test_autocast_keeps_estimator_arithmetic_in_float32(name):
             grads = torch.autograd.grad(-f(b).float().mean(), b)[0].float() * -b.shape[0] * b.shape[1]
         g0, g1 = double_cv_terms(out16.f_values, out16.samples, torch.sigmoid(logits), grads)
         torch.testing.assert_close(g16, g0 + 0.5 * g1)
+
+
+def test_double_cv_refuses_an_f_that_is_not_differentiable_in_its_samples():
+    _, f = decoder_objective()
+    logits = torch.randn(5, 4, requires_grad=True)
+    out = RLOODoubleCV(2)(logits, lambda b: f(b.detach()))
+    with pytest.raises(RuntimeError, match="not differentiable in its samples"):
+        out.loss.backward()
+
+
+def test_single_layer_estimators_accept_a_one_layer_chain():
+    _, f = decoder_objective()
+    logits = torch.randn(5, 4)
+    for estimator in (RLOODoubleCV(3), RLOO(3), DisARM(1)):
+        torch.manual_seed(0)
+        out = estimator.chain(logits, [], lambda samples, _logits: f(samples[0]))
+        assert isinstance(out.samples, list) and out.samples[0].shape == (estimator.n_evaluations, 5, 4)

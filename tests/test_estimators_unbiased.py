@@ -191,9 +191,18 @@ def exact_chain():
     return dict(zip(names, torch.autograd.grad(objective, [logits, *params.parameters()])))
 
 
+def with_baseline(estimator: Reinforce, value: float) -> Reinforce:
+    """Set the moving-average baseline to `value` (one bias-corrected step)."""
+    with torch.no_grad():
+        estimator.baseline_average.fill_(value * (1 - estimator.decay))
+        estimator.baseline_steps.fill_(1)
+    assert estimator.current_baseline().item() == pytest.approx(value)
+    return estimator
+
+
 CHAIN_CASES = {
     "reinforce-K2": lambda: Reinforce(2),
-    "reinforce-ema-K2": lambda: Reinforce(2, baseline="ema"),
+    "reinforce-ema-K2": lambda: with_baseline(Reinforce(2, baseline="ema", decay=0.5), 1.5),
     "rloo-K3": lambda: RLOO(3),
     "arm-2pairs": lambda: ARM(2),
     "disarm-1pair": lambda: DisARM(1),

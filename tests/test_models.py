@@ -151,7 +151,7 @@ def test_checkpoints_load_across_estimators():
         trained.prior_logits.fill_(0.3)
     checkpoint = {"state_dict": trained.state_dict()}
     plain = BinaryVAE(estimator=RLOO(2), latent_sizes=(8,))
-    with pytest.warns(UserWarning, match="does not fit RLOO"):
+    with pytest.warns(UserWarning, match=r"does not fit RLOO: ignored \['estimator.alpha'\]"):
         plain.on_load_checkpoint(checkpoint)
     plain.load_state_dict(checkpoint["state_dict"])
     assert torch.all(plain.prior_logits == 0.3)
@@ -162,3 +162,60 @@ def test_checkpoints_load_across_estimators():
         double_cv.on_load_checkpoint(checkpoint)
     double_cv.load_state_dict(checkpoint["state_dict"])
     assert double_cv.estimator.alpha.item() == 0.0
+
+
+def test_two_layer_vae_objective_is_the_log_weight_computed_by_hand(digits):
+    torch.manual_seed(0)
+    model = BinaryVAE(latent_sizes=(6, 4))
+    x = digits[:3]
+    b1 = torch.bernoulli(torch.full((2, 3, 6), 0.5))
+    b2 = torch.bernoulli(torch.full((2, 3, 4), 0.5))
+    phi1 = model.encoder[0](x)
+    phi2 = model.encoder[1](b1)
+
+    def log_bernoulli(b, logits):  # written out, independent of the package's helper
+        p = torch.sigmoid(logits)
+        return (b * torch.log(p) + (1 - b) * torch.log1p(-p)).sum(-1)
+
+    expected = (
+        log_bernoulli(x, model.decoder[0](b1))
+        + log_bernoulli(b1, model.decoder[1](b2))
+        + log_bernoulli(b2, model.prior_logits)
+        - log_bernoulli(b1, phi1)
+        - log_bernoulli(b2, phi2)
+    )
+    got = model.objective(x, [b1, b2], [phi1.detach(), phi2.detach()])
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-4, atol=1e-3)
+
+
+def test_gradient_clipping_leaves_the_estimators_own_parameters_alone(digits):
+    model = BinaryVAE(estimator=RLOODoubleCV(2), latent_sizes=(16,))
+    model.training_step(digits, 0).backward()
+    model.estimator.alpha.grad = torch.tensor(100.0)
+    model.configure_gradient_clipping(None, gradient_clip_val=0.5)
+    model_params = [p for g in model.parameter_groups() for p in g["params"]]
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model_params]))
+    assert total == pytest.approx(0.5, rel=1e-4)
+    assert model.estimator.alpha.grad.item() == 100.0
+
+
+def test_a_parameter_left_out_of_the_groups_is_an_error():
+    class ExtraHead(BinaryVAE):
+        def __init__(self):
+            super().__init__(latent_sizes=(4,))
+            self.extra = torch.nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match=r"leaves out trainable parameters \['extra.weight', 'extra.bias'\]"):
+        ExtraHead().configure_optimizers()
+
+
+def test_output_bias_is_set_from_the_data_once(digits):
+    model = BinaryVAE(latent_sizes=(8,))
+    datamodule = BinarizedImageDataModule(dataset="mnist_subset", batch_size=50)
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=datamodule)
+    trained_bias = model.decoder[0].bias.detach().clone()
+    assert bool(model.initialised_from_data)
+    model.setup("fit")  # e.g. a second fit in the same process
+    torch.testing.assert_close(model.decoder[0].bias.detach(), trained_bias)

@@ -150,7 +150,11 @@ class Estimator(nn.Module, abc.ABC):
             `[K, B, D_l]` samples and detached float32 logits; returns `[K, B]`.
         """
         self.check_layers(len(layers) + 1)
-        raise NotImplementedError
+        if type(self).forward is Estimator.forward:
+            raise NotImplementedError(f"{type(self).__name__} must implement chain() or forward()")
+        out = self(logits, lambda b: f([b], [logits.detach().float()]))  # one layer: the single-layer call
+        out.samples = [out.samples]
+        return out
 
     def check_layers(self, n_layers: int) -> None:
         """Raise ValueError if this estimator cannot train `n_layers` stochastic layers."""

@@ -72,25 +72,27 @@ class _DoubleCVLink(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, alpha: Tensor, samples: Tensor, pending: _BackwardInputs):
         ctx.pending = pending
+        ctx.set_materialize_grads(False)  # an output the loss does not reach gets None, not zeros
         ctx.save_for_backward(logits, alpha, samples)
         return samples.clone(), torch.zeros((), dtype=torch.float32, device=samples.device)
 
     @staticmethod
-    def backward(ctx, grad_samples: Tensor | None, grad_probe: Tensor):
+    def backward(ctx, grad_samples: Tensor | None, grad_probe: Tensor | None):
         logits, alpha, samples = ctx.saved_tensors
-        n_samples, batch_size = samples.shape[:2]
-        scale = float(grad_probe)
-        if scale == 0.0:
-            return torch.zeros_like(logits), torch.zeros_like(alpha), None, None
+        if grad_probe is None:  # the loss was not differentiated through this estimate
+            return None, None, None, None
         if grad_samples is None:
             raise RuntimeError(
                 "RLOODoubleCV: f is not differentiable in its samples (no gradient reached them); use RLOO for such f"
             )
+        n_samples, batch_size = samples.shape[:2]
         with float32_arithmetic(samples.device):
-            grads = grad_samples.float() * (-(n_samples * batch_size) / scale)
+            scale = grad_probe.float()  # the loss's upstream scale (1 for a plain backward); no host sync
+            safe_scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+            grads = grad_samples.float() * (-(n_samples * batch_size) / safe_scale)
             theta = torch.sigmoid(logits.detach().float())
             g0, g1 = double_cv_terms(ctx.pending.f_values, samples, theta, grads)
-            g = torch.add(g0, g1, alpha=float(alpha))
+            g = g0 + alpha.detach().float() * g1
             grad_logits = (g * (-scale / batch_size)).to(logits.dtype)
             grad_alpha = (torch.dot(g.flatten(), g1.flatten()) * (2.0 * scale / g.numel())).to(alpha.dtype)
         return grad_logits, grad_alpha, None, None

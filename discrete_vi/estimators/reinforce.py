@@ -84,7 +84,7 @@ class Reinforce(ScoreFunctionEstimator):
         self.baseline = baseline
         self.decay = decay
         self.register_buffer("baseline_average", torch.zeros((), dtype=torch.float32))
-        self.register_buffer("baseline_steps", torch.zeros((), dtype=torch.float32))
+        self.register_buffer("baseline_steps", torch.zeros((), dtype=torch.long))  # integer: exact in any precision
 
     def current_baseline(self) -> Tensor:
         """The baseline c (a float32 scalar): 0 before any update or without baseline."""
@@ -99,7 +99,7 @@ class Reinforce(ScoreFunctionEstimator):
     def update_state(self, f_values: Tensor) -> None:
         if self.baseline == "ema":
             self.baseline_average.mul_(self.decay).add_((1.0 - self.decay) * f_values.mean())
-            self.baseline_steps.add_(1.0)
+            self.baseline_steps.add_(1)
 
     def logged_state(self) -> dict[str, Tensor]:
         return {"baseline": self.current_baseline()} if self.baseline == "ema" else {}

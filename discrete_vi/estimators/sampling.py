@@ -34,7 +34,7 @@ class ChainSample:
 
 
 def draw_bernoulli(logits: Tensor, tie_halves: bool = False) -> tuple[Tensor, Tensor]:
-    """Samples `1[u < sigmoid(logits)]` and their uniforms `u`, both float32 like `logits`.
+    """Samples `1[u < sigmoid(logits)]` and their uniforms `u`: float32 tensors of `logits`' shape and device.
 
     tie_halves: the first and second half of dim 0 share their uniforms
         (common random numbers for the two branches of antithetic pairs).

@@ -12,11 +12,13 @@ validation, 1000 for test) and `test/nll` = its negative.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from discrete_vi.data import split_upper_lower
 from discrete_vi.estimators import Estimator
 from discrete_vi.estimators.base import bernoulli_log_prob
+from discrete_vi.estimators.sampling import ChainSample, complete_chain
 from discrete_vi.models.base import BinaryLatentModule, check_latent_sizes
 
 IMAGE_PIXELS = 784
@@ -59,15 +61,11 @@ class SigmoidBeliefNet(BinaryLatentModule):
         _, lower = split_upper_lower(batch)
         return bernoulli_log_prob(lower, self.output(samples[-1]))
 
+    @torch.no_grad()
     def images_for_logging(self, batch: Tensor) -> dict[str, Tensor]:
         """Digits with the lower half replaced by the predicted pixel means (one sample of b)."""
-        import torch
-
-        from discrete_vi.estimators.sampling import ChainSample, complete_chain
-
-        with torch.no_grad():
-            first, layers = self.stochastic_layers(batch)
-            chain = complete_chain(ChainSample(logits=[first.unsqueeze(0)]), layers)
-            upper, _ = split_upper_lower(batch)
-            predicted = torch.sigmoid(self.output(chain.samples[-1][0]))
+        first, layers = self.stochastic_layers(batch)
+        chain = complete_chain(ChainSample(logits=[first.unsqueeze(0)]), layers)  # one sample: [1, B, D]
+        upper, _ = split_upper_lower(batch)
+        predicted = torch.sigmoid(self.output(chain.samples[-1][0]))
         return {"inputs": batch, "completions": torch.cat([upper, predicted], -1)}

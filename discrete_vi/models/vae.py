@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from discrete_vi.estimators import Estimator
 from discrete_vi.estimators.base import bernoulli_log_prob
-from discrete_vi.estimators.sampling import draw_bernoulli
+from discrete_vi.estimators.sampling import ChainSample, complete_chain, draw_bernoulli
 from discrete_vi.models.base import BinaryLatentModule, check_latent_sizes, check_learning_rate
 from discrete_vi.models.networks import check_network, make_network, output_layer
 
@@ -73,12 +73,15 @@ class BinaryVAE(BinaryLatentModule):
         self.decoder = nn.ModuleList(make_network(b, a, network, hidden_size) for a, b in zip(sizes, sizes[1:]))
         self.prior_logits = nn.Parameter(torch.zeros(latent_sizes[-1]))
         self.register_buffer("input_mean", torch.zeros(input_size))
+        # Set once the training mean has been taken (saved in checkpoints, so a resumed or
+        # repeated fit does not reset the trained output bias).
+        self.register_buffer("initialised_from_data", torch.tensor(False))
 
     def setup(self, stage: str) -> None:
         """Check the data's input size; take the training mean for demeaning and the output bias."""
         super().setup(stage)
         datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if stage != "fit" or not (self.demean or self.init_output_bias):
+        if stage != "fit" or bool(self.initialised_from_data):
             return
         mean = getattr(datamodule, "train_mean", None)
         if mean is None:
@@ -89,6 +92,7 @@ class BinaryVAE(BinaryLatentModule):
             self.input_mean.copy_(mean)
             if self.init_output_bias:
                 output_layer(self.decoder[0]).bias.copy_(torch.logit(mean.clamp(1e-3, 1 - 1e-3)))
+            self.initialised_from_data.fill_(True)
 
     def stochastic_layers(self, batch: Tensor):
         x = batch - self.input_mean if self.demean else batch
@@ -115,14 +119,12 @@ class BinaryVAE(BinaryLatentModule):
     def images_for_logging(self, batch: Tensor) -> dict[str, Tensor]:
         """Inputs, their reconstructions (pixel means given b ~ q(b | x)) and prior samples' pixel means."""
         first_logits, layers = self.stochastic_layers(batch)
-        samples = [draw_bernoulli(first_logits)[0]]
-        for layer in layers:
-            samples.append(draw_bernoulli(layer(samples[-1]))[0])
+        posterior = complete_chain(ChainSample(logits=[first_logits.unsqueeze(0)]), layers)  # one sample: [1, B, D]
         top = draw_bernoulli(self.prior_logits.expand(batch.shape[0], -1))[0]
         for layer in range(len(self.decoder) - 1, 0, -1):
             top = draw_bernoulli(self.decoder[layer](top))[0]
         return {
             "inputs": batch,
-            "reconstructions": torch.sigmoid(self.decoder[0](samples[0])),
+            "reconstructions": torch.sigmoid(self.decoder[0](posterior.samples[0][0])),
             "samples": torch.sigmoid(self.decoder[0](top)),
         }
