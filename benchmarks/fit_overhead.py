@@ -6,7 +6,8 @@ binarization. `discrete-vi fit` runs in-process with the progress bar on,
 TensorBoard logging every step, checkpointing on; validation is switched off
 so that only training steps are compared. The bare loop is plain torch code
 written here (no discrete_vi code in the step). Steps are timed after
-`--warmup` steps; runs alternate and the median of `--repeats` is reported.
+`--warmup` steps; runs alternate, the median of `--repeats` is reported, and
+the ratio of each back-to-back pair (less sensitive to a shared machine's drift).
 
     python benchmarks/fit_overhead.py [--mnist ../shared/data/mnist] [--steps 300]
 """
@@ -130,7 +131,9 @@ def main(argv=None):
     print(f"{'loop':<24}{'steps/s':>10}{'ms/step':>10}{'time vs bare':>14}")
     print(f"{'bare PyTorch':<24}{pt:>10.1f}{1e3 / pt:>10.2f}{1.0:>13.2f}x")
     print(f"{'discrete-vi fit':<24}{fw:>10.1f}{1e3 / fw:>10.2f}{pt / fw:>13.2f}x")
+    paired = sorted(b / f for f, b in zip(framework, bare))
     print(f"all runs (steps/s): framework {[round(v, 1) for v in framework]}, bare {[round(v, 1) for v in bare]}")
+    print(f"time ratio of each back-to-back pair: {[round(r, 2) for r in paired]} (median {statistics.median(paired):.2f}x)")
 
 
 if __name__ == "__main__":
