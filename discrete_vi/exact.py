@@ -61,15 +61,12 @@ def exact_chain_objective(logits: Tensor, layers: Sequence[LogitsLayer], f: Chai
             raise ValueError(f"exact enumeration is limited to {MAX_BITS} latent bits in all, the model has more")
         configs = all_configurations(phi.shape[-1], logits.device)  # [C, D]
         n_before, n_configs = log_q.shape[0], configs.shape[0]
-
-        def grow(t: Tensor) -> Tensor:
-            """[N, ...] -> [N * C, ...]: each joint configuration followed by every one of this layer."""
-            return t.unsqueeze(1).expand(n_before, n_configs, *t.shape[1:]).reshape(-1, *t.shape[1:])
-
-        samples = [grow(s) for s in samples]
-        layer_logits = [grow(p) for p in layer_logits]
-        samples.append(configs[None, :, None, :].expand(n_before, -1, batch_size, -1).reshape(-1, batch_size, phi.shape[-1]))
-        log_q = grow(log_q) + bernoulli_log_prob(samples[-1], layer_logits[-1].float())
+        # Each joint configuration so far is followed by every configuration of this layer:
+        # [N, ...] -> [N * C, ...] by repeating rows, and this layer's configurations tiled N times.
+        samples = [s.repeat_interleave(n_configs, dim=0) for s in samples]
+        layer_logits = [p.repeat_interleave(n_configs, dim=0) for p in layer_logits]
+        samples.append(configs.repeat(n_before, 1).unsqueeze(1).expand(-1, batch_size, -1))
+        log_q = log_q.repeat_interleave(n_configs, dim=0) + bernoulli_log_prob(samples[-1], layer_logits[-1].float())
     values = evaluate_objective(
         f, (log_q.shape[0], batch_size), samples, [phi.detach().float() for phi in layer_logits]
     )

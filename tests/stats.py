@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 # Two-sided z threshold per coordinate. The suite compares a few thousand
