@@ -19,20 +19,8 @@ import time
 import torch
 from torch import nn
 
-from discrete_vi.estimators import ARM, RLOO, DisARM, Reinforce, RLOODoubleCV
-from discrete_vi.estimators.base import bernoulli_log_prob
-
-
-def estimators_at(evaluations: int) -> dict:
-    pairs = evaluations // 2
-    return {
-        "REINFORCE": Reinforce(evaluations),
-        "REINFORCE+EMA": Reinforce(evaluations, baseline="ema"),
-        "RLOO": RLOO(evaluations),
-        "RLOO+doubleCV": RLOODoubleCV(evaluations),
-        "ARM": ARM(pairs),
-        "DisARM": DisARM(pairs),
-    }
+from discrete_vi.estimators import estimators_at
+from discrete_vi.bernoulli import bernoulli_log_prob
 
 
 class StepRunner:

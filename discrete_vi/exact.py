@@ -15,14 +15,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from discrete_vi.estimators.base import (
-    ChainObjective,
-    LogitsLayer,
-    Objective,
-    bernoulli_log_prob,
-    check_logits,
-    evaluate_objective,
-)
+from discrete_vi.bernoulli import LogitsLayer, bernoulli_log_prob
+from discrete_vi.estimators.base import ChainObjective, Objective, check_logits, evaluate_objective
 
 MAX_BITS = 20
 

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from discrete_vi.estimators import ARM, RLOO, DisARM, Estimator, Reinforce, RLOODoubleCV
+from discrete_vi.estimators import Estimator, estimators_at
 
 
 def quadratic_objective(target: float) -> Callable[[Tensor], Tensor]:
@@ -134,19 +134,6 @@ def train_toy(
     return history
 
 
-def toy_estimators(n_evaluations: int = 2) -> dict[str, Callable[[], Estimator]]:
-    """The estimators compared at equal evaluations of f (an even number: K samples or K/2 pairs)."""
-    pairs = n_evaluations // 2
-    return {
-        "REINFORCE": lambda: Reinforce(n_evaluations),
-        "REINFORCE+EMA": lambda: Reinforce(n_evaluations, baseline="ema"),
-        "RLOO": lambda: RLOO(n_evaluations),
-        "RLOO+doubleCV": lambda: RLOODoubleCV(n_evaluations),
-        "ARM": lambda: ARM(pairs),
-        "DisARM": lambda: DisARM(pairs),
-    }
-
-
 def format_table(problem: ToyProblem, results: dict[str, ToyHistory]) -> str:
     """A plain-text table of final loss and variance at start, middle and end."""
     lines = [
@@ -204,8 +191,8 @@ def main(argv: list[str] | None = None) -> dict[str, ToyHistory]:
         parser.error("--evaluations must be even, so that ARM/DisARM (2 per pair) cost the same as the others")
     problem = quadratic_problem() if args.problem == "quadratic" else single_unit_problem(args.p0)
     results = {
-        name: train_toy(problem, make(), args.steps, args.lr, args.measure_every, args.draws, args.seed)
-        for name, make in toy_estimators(args.evaluations).items()
+        name: train_toy(problem, estimator, args.steps, args.lr, args.measure_every, args.draws, args.seed)
+        for name, estimator in estimators_at(args.evaluations).items()
     }
     print(format_table(problem, results))
     plot_path = args.plot or Path(f"toy_{args.problem}.png")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from discrete_vi.estimators import Estimator
-from discrete_vi.estimators.base import bernoulli_log_prob
+from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.models import BinaryLatentModule
 
 

@@ -40,12 +40,12 @@ def test_loss_value_and_decoder_gradient(name):
     logits = torch.randn(5, 4, requires_grad=True)
     out = estimator(logits, f)
     k = estimator.n_evaluations
-    assert out.f_values.shape == (k, 5) and out.samples.shape == (k, 5, 4)
-    assert set(out.samples.unique().tolist()) <= {0.0, 1.0}
+    assert out.f_values.shape == (k, 5) and out.samples[0].shape == (k, 5, 4)
+    assert set(out.samples[0].unique().tolist()) <= {0.0, 1.0}
     torch.testing.assert_close(out.loss.detach(), -out.f_values.mean())
     out.loss.backward()
     # Decoder gradient: -(1/(K*B)) sum of d f / d param over the same samples.
-    expected = torch.autograd.grad(-f(out.samples).mean(), decoder.weight)[0]
+    expected = torch.autograd.grad(-f(out.samples[0]).mean(), decoder.weight)[0]
     torch.testing.assert_close(decoder.weight.grad, expected)
 
 
@@ -68,7 +68,7 @@ def test_reinforce_follows_the_formula_and_updates_the_baseline_after():
     assert baseline == pytest.approx(-10.0)  # bias-corrected: -1 / (1 - 0.9)
     out, g = gradient_of(estimator, logits, f)
     theta = torch.sigmoid(logits)
-    expected = ((out.f_values - baseline).unsqueeze(-1) * (out.samples - theta)).mean(0)
+    expected = ((out.f_values - baseline).unsqueeze(-1) * (out.samples[0] - theta)).mean(0)
     torch.testing.assert_close(g, expected)
     assert estimator.baseline_steps.item() == 2.0
     assert estimator.baseline_average.item() == pytest.approx(-0.9 + 0.1 * out.f_values.mean().item())
@@ -81,7 +81,7 @@ def test_rloo_follows_the_formula():
     _, f = decoder_objective()
     logits = torch.randn(5, 4)
     out, g = gradient_of(RLOO(4), logits, f)
-    fv, b, theta = out.f_values, out.samples, torch.sigmoid(logits)
+    fv, b, theta = out.f_values, out.samples[0], torch.sigmoid(logits)
     loo = (fv.sum(0, keepdim=True) - fv) / 3
     expected = ((fv - loo).unsqueeze(-1) * (b - theta)).mean(0)
     torch.testing.assert_close(g, expected)
@@ -94,7 +94,7 @@ def test_double_cv_k2_follows_the_papers_reduced_formula():
     with torch.no_grad():
         estimator.alpha.fill_(0.6)
     out, g = gradient_of(estimator, logits, f)
-    b = out.samples.clone().requires_grad_(True)
+    b = out.samples[0].clone().requires_grad_(True)
     grads = torch.autograd.grad(f(b).sum(), b)[0]
     theta = torch.sigmoid(logits)
     c1 = 0.6 * (grads[1] * (b[0] - theta)).sum(-1)
@@ -125,7 +125,7 @@ def test_disarm_follows_the_formula():
     _, f = decoder_objective()
     logits = torch.randn(5, 4) * 3
     out, g = gradient_of(DisARM(2), logits, f)
-    b, b_tilde = out.samples[:2], out.samples[2:]
+    b, b_tilde = out.samples[0][:2], out.samples[0][2:]
     diff = (out.f_values[:2] - out.f_values[2:]).unsqueeze(-1)
     expected = (0.5 * diff * (-1.0) ** b_tilde * (b != b_tilde) * torch.sigmoid(logits.abs())).mean(0)
     torch.testing.assert_close(g, expected)
@@ -218,7 +218,7 @@ def test_autocast_keeps_estimator_arithmetic_in_float32(name):
         out16, g16 = gradient_of(make(), logits, f, seed=11)
     assert g16.dtype == torch.float32 and out16.loss.dtype == torch.float32
     assert out16.f_values.dtype == torch.float32
-    torch.testing.assert_close(out16.samples, out32.samples)  # sampling is float32 either way
+    torch.testing.assert_close(out16.samples[0], out32.samples[0])  # sampling is float32 either way
     f_rounding = (out16.f_values - out32.f_values).abs().max().item()
     assert f_rounding > 0, "the decoder should have run in bf16"
     # Each estimate is a weighted sum of f values with |weight| <= 1 per evaluation (2 per pair),
@@ -229,10 +229,10 @@ def test_autocast_keeps_estimator_arithmetic_in_float32(name):
         # The double-CV estimate also uses d f / d b from the bf16 backward pass: check it
         # against the float32 formula applied to this run's own f values and gradients.
         # d f / d b as the loss's own bf16 backward pass delivers it: from -mean(f), rescaled.
-        b = out16.samples.clone().requires_grad_(True)
+        b = out16.samples[0].clone().requires_grad_(True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             grads = torch.autograd.grad(-f(b).float().mean(), b)[0].float() * -b.shape[0] * b.shape[1]
-        g0, g1 = double_cv_terms(out16.f_values, out16.samples, torch.sigmoid(logits), grads)
+        g0, g1 = double_cv_terms(out16.f_values, out16.samples[0], torch.sigmoid(logits), grads)
         torch.testing.assert_close(g16, g0 + 0.5 * g1)
 
 

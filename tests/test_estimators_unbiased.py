@@ -14,7 +14,7 @@ from stats import Z_THRESHOLD, max_z
 from torch import nn
 
 from discrete_vi.estimators import ARM, RLOO, DisARM, Reinforce, RLOODoubleCV
-from discrete_vi.estimators.base import bernoulli_log_prob
+from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.estimators.reinforce import ScoreFunctionEstimator
 from discrete_vi.exact import exact_chain_objective, exact_objective
 

@@ -9,7 +9,7 @@ import torch
 
 from discrete_vi.data import BinarizedImageDataModule
 from discrete_vi.estimators import ARM, RLOO, DisARM, RLOODoubleCV
-from discrete_vi.estimators.base import bernoulli_log_prob
+from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.exact import all_configurations
 from discrete_vi.models import BinaryVAE, SigmoidBeliefNet
 
@@ -219,3 +219,13 @@ def test_output_bias_is_set_from_the_data_once(digits):
     assert bool(model.initialised_from_data)
     model.setup("fit")  # e.g. a second fit in the same process
     torch.testing.assert_close(model.decoder[0].bias.detach(), trained_bias)
+
+
+def test_sigmoid_belief_net_splits_images_between_rows_13_and_14():
+    from discrete_vi.models.sbn import split_upper_lower
+
+    images = torch.arange(2 * 3 * 784).reshape(2, 3, 784)
+    upper, lower = split_upper_lower(images)
+    assert upper.shape == lower.shape == (2, 3, 392)
+    grid = images[1, 2].reshape(28, 28)
+    assert torch.equal(upper[1, 2], grid[:14].reshape(-1)) and torch.equal(lower[1, 2], grid[14:].reshape(-1))

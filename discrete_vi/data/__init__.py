@@ -1,14 +1,13 @@
 """Data layer: file readers, sources and downloads, and the datamodule.
 
 Models receive float32 ``[B, 784]`` batches of exact 0/1 values from
-:class:`BinarizedImageDataModule`; :func:`split_upper_lower` cuts them into the
-upper and lower image halves ``[B, 392]``.
+:class:`BinarizedImageDataModule`.
 """
 
 from discrete_vi.data.datamodule import BinarizedImageDataModule
 from discrete_vi.data.download import download_file, download_missing_files
 from discrete_vi.data.errors import CorruptFileError, DataFilesNotFoundError, DownloadError
-from discrete_vi.data.images import IMAGE_SHAPE, INPUT_SIZE, sample_binary_images, split_upper_lower
+from discrete_vi.data.images import IMAGE_SHAPE, INPUT_SIZE, sample_binary_images
 from discrete_vi.data.readers import read_amat, read_idx, read_omniglot_chardata
 from discrete_vi.data.sources import DATASET_NAMES, SOURCES, default_data_root
 from discrete_vi.data.splits import ImageSplits, load_splits
@@ -31,5 +30,4 @@ __all__ = [
     "read_idx",
     "read_omniglot_chardata",
     "sample_binary_images",
-    "split_upper_lower",
 ]

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
-
-import numpy as np
 import torch
 
 IMAGE_SHAPE: tuple[int, int] = (28, 28)
 INPUT_SIZE: int = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]  # 784 pixels per flattened image
 GREY_LEVELS: int = 255  # uint8 grey level that means "pixel on with probability 1"
-
-ArrayLike = TypeVar("ArrayLike", torch.Tensor, np.ndarray)
 
 
 def sample_binary_images(grey_levels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -25,15 +20,3 @@ def sample_binary_images(grey_levels: torch.Tensor, generator: torch.Generator |
     probabilities = grey_levels.to(torch.float32) / GREY_LEVELS
     uniforms = torch.rand(probabilities.shape, generator=generator, device=probabilities.device)
     return (uniforms < probabilities).to(torch.float32)  # 1[u < p]: several times faster than torch.bernoulli on CPU
-
-
-def split_upper_lower(images: ArrayLike) -> tuple[ArrayLike, ArrayLike]:
-    """Split flattened images ``[..., 784]`` into ``(upper, lower)`` halves ``[..., 392]``.
-
-    ``upper`` holds image rows 0-13 and ``lower`` rows 14-27 (row-major pixels),
-    for the sigmoid-belief-net task of predicting the lower half from the upper.
-    """
-    if images.shape[-1] != INPUT_SIZE:
-        raise ValueError(f"expected flattened images [..., {INPUT_SIZE}], got shape {tuple(images.shape)}")
-    half = INPUT_SIZE // 2
-    return images[..., :half], images[..., half:]

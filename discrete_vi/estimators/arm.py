@@ -20,18 +20,16 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from discrete_vi.bernoulli import ChainSample, LogitsLayer, complete_chain, sample_chain
 from discrete_vi.estimators.base import (
     ChainObjective,
     Estimator,
     EstimatorOutput,
-    LogitsLayer,
     check_count,
-    check_logits,
     evaluate_objective,
     float32_arithmetic,
     surrogate_loss,
 )
-from discrete_vi.estimators.sampling import ChainSample, complete_chain
 
 
 def _twice(tensors: list[Tensor]) -> list[Tensor]:
@@ -52,6 +50,12 @@ class AntitheticEstimator(Estimator):
     def n_evaluations(self) -> int:
         return 2 * self.n_pairs
 
+    @classmethod
+    def at_cost(cls, n_evaluations: int, **options) -> "AntitheticEstimator":
+        if n_evaluations % 2:
+            raise ValueError(f"{cls.__name__} evaluates f twice per pair: n_evaluations must be even, got {n_evaluations}")
+        return cls(n_evaluations // 2, **options)
+
     @abc.abstractmethod
     def pair_gradient(self, f_difference: Tensor, logits: Tensor, uniforms: Tensor, b: Tensor, b_tilde: Tensor) -> Tensor:
         """Per-pair estimate `[n, B, D]` (float32).
@@ -62,9 +66,9 @@ class AntitheticEstimator(Estimator):
         """
 
     def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
-        check_logits(logits)
+        self.check_chain(logits, layers)
         n, batch_size, n_layers = self.n_pairs, logits.shape[0], len(layers) + 1
-        base = complete_chain(ChainSample(logits=[logits.expand(n, *logits.shape)]), layers)
+        base = sample_chain(logits, layers, n)
         base_logits = base.detached_logits()
         branches = []  # per layer l: chain of 2n rows, [b-branch; b~-branch]
         antithetic = []  # per layer l: b = 1[u > sigmoid(-phi)], [n, B, D_l]

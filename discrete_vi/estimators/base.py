@@ -15,16 +15,14 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from discrete_vi.bernoulli import LogitsLayer
+
 Objective = Callable[[Tensor], Tensor]
 """Single-layer objective: float samples `[K, B, D]` -> values `[K, B]`."""
 
 ChainObjective = Callable[[list[Tensor], list[Tensor]], Tensor]
 """Chain objective: (samples `[K, B, D_l]` per layer, detached float32 logits
 `[K, B, D_l]` per layer) -> values `[K, B]`."""
-
-LogitsLayer = Callable[[Tensor], Tensor]
-"""Maps samples of one layer `[K, B, D_l]` to the logits of the next `[K, B, D_{l+1}]`."""
-
 
 @dataclass
 class EstimatorOutput:
@@ -34,13 +32,13 @@ class EstimatorOutput:
         respect to the logits is `-g / B` and with respect to parameters used
         inside `f` it is `-(1 / (K * B)) * sum d f / d param`.
     f_values: `[K, B]` values of `f` on the samples (float32, detached).
-    samples: `[K, B, D]` samples `f` was evaluated on (a list of one tensor
-        per layer for chains).
+    samples: the samples `f` was evaluated on, one `[K, B, D_l]` tensor per
+        stochastic layer (a list of one tensor for a single layer).
     """
 
     loss: Tensor
     f_values: Tensor
-    samples: Tensor | list[Tensor]
+    samples: list[Tensor]
 
 
 def float32_arithmetic(device: torch.device) -> contextlib.AbstractContextManager:
@@ -92,15 +90,6 @@ def evaluate_objective(f: Callable[..., Tensor], expected: tuple[int, int], *inp
     return values
 
 
-def bernoulli_log_prob(samples: Tensor, logits: Tensor) -> Tensor:
-    """log q(b) = sum_d (b_d phi_d - softplus(phi_d)): samples and logits broadcast to `[..., D]` -> `[...]`.
-
-    The softplus term is computed on the logits' own shape, so logits `[B, D]`
-    against samples `[K, B, D]` (or a prior's `[D]`) cost one pass, not K.
-    """
-    return (samples * logits).sum(-1) - nn.functional.softplus(logits).sum(-1)
-
-
 def surrogate_loss(f_values: Tensor, logits: Sequence[Tensor], gradients: Sequence[Tensor], batch_size: int) -> Tensor:
     """Loss with value `-mean(f)`, gradient `-g_l / B` w.r.t. each `logits[l]`.
 
@@ -113,55 +102,64 @@ def surrogate_loss(f_values: Tensor, logits: Sequence[Tensor], gradients: Sequen
 
 
 class Estimator(nn.Module, abc.ABC):
-    """An unbiased estimator of `d E_q[f(b)] / d logits` for factorised Bernoulli `q`.
+    """An estimator of `d E_q[f(b)] / d logits` for factorised Bernoulli `q`.
 
-    A subclass implements `chain(logits, layers, f)` (several layers; the
-    single-layer call is its one-layer case) or, for estimators defined on
-    one layer only, overrides `forward(logits, f)`. Learned state
-    (baselines, control-variate coefficients) lives in the module, so it is
-    saved in checkpoints and follows `.to(device)`. State updates happen only
-    in training mode with gradients enabled.
+    A subclass implements one method, `chain(logits, layers, f)`, for a chain
+    of stochastic layers; the single-layer call `est(logits, f)` is its
+    one-layer case. `chain` starts with `self.check_chain(logits, layers)`.
+    Learned state (baselines, control-variate coefficients, control networks)
+    lives in the module, so it is saved in checkpoints and follows
+    `.to(device)`. State updates happen only in training mode with gradients
+    enabled. The math of every estimator: `docs/estimators.md`.
     """
 
-    #: Learning rate for the estimator's own parameters (None: it has none).
+    #: Learning rate for the estimator's own parameters (None: the model's rate).
     lr: float | None = None
-    #: Whether `chain` (several stochastic layers) is implemented.
+    #: Whether `chain` accepts several stochastic layers.
     supports_chains: bool = False
+    #: Whether the estimate is biased (straight-through and relaxations); unbiased ones are checked by enumeration.
+    biased: bool = False
 
     @property
     @abc.abstractmethod
     def n_evaluations(self) -> int:
         """Evaluations of `f` per example (per layer for antithetic chains)."""
 
-    def forward(self, logits: Tensor, f: Objective) -> EstimatorOutput:
-        """Estimate for one layer: logits `[B, D]`, `f`: `[K, B, D]` -> `[K, B]`."""
-        out = self.chain(logits, [], lambda samples, _logits: f(samples[0]))
-        out.samples = out.samples[0]
-        return out
+    @classmethod
+    def at_cost(cls, n_evaluations: int, **options) -> "Estimator":
+        """An instance that evaluates `f` `n_evaluations` times per example (default: K samples)."""
+        return cls(n_evaluations, **options)
 
+    def forward(self, logits: Tensor, f: Objective) -> EstimatorOutput:
+        """Estimate for one layer: logits `[B, D]`, `f`: samples `[K, B, D]` -> `[K, B]`."""
+        return self.chain(logits, [], lambda samples, _logits: f(samples[0]))
+
+    @abc.abstractmethod
     def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
         """Estimate for a chain `q(b_1 | x) q(b_2 | b_1) ...`.
 
         logits: `[B, D_1]` logits of the first layer.
         layers: callables mapping samples of layer l `[K, B, D_l]` to logits
             of layer l+1 `[K, B, D_{l+1}]` (their parameters learn through
-            the estimator's gradient).
+            the estimator's gradient); empty for one layer.
         f: called once as `f(samples, logits)` with per-layer lists of
             `[K, B, D_l]` samples and detached float32 logits; returns `[K, B]`.
         """
+
+    def check_chain(self, logits: Tensor, layers: Sequence[LogitsLayer]) -> None:
+        """Raise ValueError unless `logits` is `[B, D]` and this estimator can train `len(layers) + 1` layers."""
+        check_logits(logits)
         self.check_layers(len(layers) + 1)
-        if type(self).forward is Estimator.forward:
-            raise NotImplementedError(f"{type(self).__name__} must implement chain() or forward()")
-        out = self(logits, lambda b: f([b], [logits.detach().float()]))  # one layer: the single-layer call
-        out.samples = [out.samples]
-        return out
 
     def check_layers(self, n_layers: int) -> None:
         """Raise ValueError if this estimator cannot train `n_layers` stochastic layers."""
         if n_layers > 1 and not self.supports_chains:
+            from discrete_vi.estimators import ESTIMATORS  # the registry imports this module
+
+            chains = ", ".join(name for name, cls in ESTIMATORS.items() if cls.supports_chains)
             raise ValueError(
                 f"{type(self).__name__} is defined for one stochastic layer only, and the model has {n_layers}; "
-                "for several layers use Reinforce, RLOO, ARM or DisARM"
+                f"for several layers use one of: {chains}"
             )
 
     def logged_state(self) -> dict[str, Tensor]:

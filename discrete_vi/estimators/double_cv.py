@@ -25,19 +25,20 @@ this package do so in a parameter group of their own.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor, nn
 
+from discrete_vi.bernoulli import LogitsLayer, draw_bernoulli
 from discrete_vi.estimators.base import (
+    ChainObjective,
     Estimator,
     EstimatorOutput,
-    Objective,
     check_count,
-    check_logits,
     evaluate_objective,
     float32_arithmetic,
 )
-from discrete_vi.estimators.sampling import draw_bernoulli
 
 
 class _BackwardInputs:
@@ -117,17 +118,17 @@ class RLOODoubleCV(Estimator):
     def n_evaluations(self) -> int:
         return self.n_samples
 
-    def forward(self, logits: Tensor, f: Objective) -> EstimatorOutput:
-        check_logits(logits)
+    def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
+        self.check_chain(logits, layers)  # one layer only
         batch_size = logits.shape[0]
         samples, _ = draw_bernoulli(logits.expand(self.n_samples, *logits.shape))
         pending = _BackwardInputs()
         linked, probe = _DoubleCVLink.apply(logits, self.alpha, samples, pending)
-        f_values = evaluate_objective(f, (self.n_samples, batch_size), linked)
+        f_values = evaluate_objective(f, (self.n_samples, batch_size), [linked], [logits.detach().float()])
         values = f_values.detach().float()
         pending.f_values = values
         loss = -f_values.float().mean() + probe
-        return EstimatorOutput(loss=loss, f_values=values, samples=samples)
+        return EstimatorOutput(loss=loss, f_values=values, samples=[samples])
 
     def logged_state(self) -> dict[str, Tensor]:
         return {"alpha": self.alpha.detach()}

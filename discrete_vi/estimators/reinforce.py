@@ -14,18 +14,16 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from discrete_vi.bernoulli import LogitsLayer, sample_chain
 from discrete_vi.estimators.base import (
     ChainObjective,
     Estimator,
     EstimatorOutput,
-    LogitsLayer,
     check_count,
-    check_logits,
     evaluate_objective,
     float32_arithmetic,
     surrogate_loss,
 )
-from discrete_vi.estimators.sampling import ChainSample, complete_chain
 
 
 class ScoreFunctionEstimator(Estimator):
@@ -49,10 +47,9 @@ class ScoreFunctionEstimator(Estimator):
         """Called with the `[K, B]` f values after the gradient is formed (training only)."""
 
     def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
-        check_logits(logits)
+        self.check_chain(logits, layers)
         batch_size = logits.shape[0]
-        first = logits.expand(self.n_samples, *logits.shape)
-        sample = complete_chain(ChainSample(logits=[first]), layers)
+        sample = sample_chain(logits, layers, self.n_samples)
         detached = sample.detached_logits()
         f_values = evaluate_objective(f, (self.n_samples, batch_size), sample.samples, detached)
         with float32_arithmetic(logits.device):

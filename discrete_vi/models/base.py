@@ -30,9 +30,9 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from discrete_vi.bernoulli import LogitsLayer, sample_chain
 from discrete_vi.estimators import RLOO, Estimator, EstimatorOutput
-from discrete_vi.estimators.base import LogitsLayer, check_count
-from discrete_vi.estimators.sampling import ChainSample, complete_chain
+from discrete_vi.estimators.base import check_count
 
 
 def write_scalars(trainer: pl.Trainer, scalars: dict[str, float], step: int) -> None:
@@ -134,11 +134,7 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         return self._call_estimator(batch, first_logits, layers)
 
     def _call_estimator(self, batch: Tensor, first_logits: Tensor, layers: list[LogitsLayer]) -> EstimatorOutput:
-        objective = partial(self.objective, batch)
-        if layers:
-            return self.estimator.chain(first_logits, layers, objective)
-        detached = [first_logits.detach().float()]
-        return self.estimator(first_logits, lambda b: objective([b], detached))
+        return self.estimator.chain(first_logits, layers, partial(self.objective, batch))
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         out = self.estimate(batch)
@@ -230,7 +226,7 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         log_sum = torch.full_like(total, -math.inf)
         for start in range(0, n_samples, self.eval_chunk):
             chunk = min(self.eval_chunk, n_samples - start)
-            chain = complete_chain(ChainSample(logits=[first_logits.expand(chunk, *first_logits.shape)]), layers)
+            chain = sample_chain(first_logits, layers, chunk)
             log_weights = self.objective(batch, chain.samples, chain.detached_logits()).float()
             total += log_weights.sum(0)
             log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_weights, 0))

@@ -15,13 +15,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from discrete_vi.data import split_upper_lower
+from discrete_vi.bernoulli import bernoulli_log_prob, sample_chain
 from discrete_vi.estimators import Estimator
-from discrete_vi.estimators.base import bernoulli_log_prob
-from discrete_vi.estimators.sampling import ChainSample, complete_chain
 from discrete_vi.models.base import BinaryLatentModule, check_latent_sizes
 
 IMAGE_PIXELS = 784
+
+
+def split_upper_lower(images: Tensor) -> tuple[Tensor, Tensor]:
+    """Flattened 28x28 images `[..., 784]` -> (upper half: rows 0-13, lower half: rows 14-27), `[..., 392]` each."""
+    half = IMAGE_PIXELS // 2
+    return images[..., :half], images[..., half:]
 
 
 class SigmoidBeliefNet(BinaryLatentModule):
@@ -65,7 +69,7 @@ class SigmoidBeliefNet(BinaryLatentModule):
     def images_for_logging(self, batch: Tensor) -> dict[str, Tensor]:
         """Digits with the lower half replaced by the predicted pixel means (one sample of b)."""
         first, layers = self.stochastic_layers(batch)
-        chain = complete_chain(ChainSample(logits=[first.unsqueeze(0)]), layers)  # one sample: [1, B, D]
+        chain = sample_chain(first, layers, 1)  # one sample: [1, B, D]
         upper, _ = split_upper_lower(batch)
         predicted = torch.sigmoid(self.output(chain.samples[-1][0]))
         return {"inputs": batch, "completions": torch.cat([upper, predicted], -1)}

@@ -15,9 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from discrete_vi.bernoulli import bernoulli_log_prob, draw_bernoulli, sample_chain
 from discrete_vi.estimators import Estimator
-from discrete_vi.estimators.base import bernoulli_log_prob
-from discrete_vi.estimators.sampling import ChainSample, complete_chain, draw_bernoulli
 from discrete_vi.models.base import BinaryLatentModule, check_latent_sizes, check_learning_rate
 from discrete_vi.models.networks import check_network, make_network, output_layer
 
@@ -119,7 +118,7 @@ class BinaryVAE(BinaryLatentModule):
     def images_for_logging(self, batch: Tensor) -> dict[str, Tensor]:
         """Inputs, their reconstructions (pixel means given b ~ q(b | x)) and prior samples' pixel means."""
         first_logits, layers = self.stochastic_layers(batch)
-        posterior = complete_chain(ChainSample(logits=[first_logits.unsqueeze(0)]), layers)  # one sample: [1, B, D]
+        posterior = sample_chain(first_logits, layers, 1)  # one sample: [1, B, D]
         top = draw_bernoulli(self.prior_logits.expand(batch.shape[0], -1))[0]
         for layer in range(len(self.decoder) - 1, 0, -1):
             top = draw_bernoulli(self.decoder[layer](top))[0]

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 import discrete_vi.data.splits as splits_module
-from discrete_vi.data import BinarizedImageDataModule, DATASET_NAMES, split_upper_lower
+from discrete_vi.data import BinarizedImageDataModule, DATASET_NAMES
 from discrete_vi.data.bundled import load_mnist_subset
 from discrete_vi.data.readers import read_idx
 
@@ -287,18 +287,6 @@ def test_worker_processes_are_persistent_and_serve_the_same_batches() -> None:
     in_process = BinarizedImageDataModule()
     in_process.setup()
     assert not in_process.val_dataloader().persistent_workers
-
-
-def test_split_upper_lower_cuts_images_between_rows_13_and_14() -> None:
-    images = torch.arange(2 * 3 * 784).reshape(2, 3, 784)
-    upper, lower = split_upper_lower(images)
-    assert upper.shape == lower.shape == (2, 3, 392)
-    grid = images[1, 2].reshape(28, 28)
-    assert torch.equal(upper[1, 2], grid[:14].reshape(-1)) and torch.equal(lower[1, 2], grid[14:].reshape(-1))
-    upper_np, lower_np = split_upper_lower(np.zeros((5, 784)))
-    assert upper_np.shape == lower_np.shape == (5, 392)
-    with pytest.raises(ValueError, match=r"expected flattened images \[..., 784\], got shape \(5, 28, 28\)"):
-        split_upper_lower(torch.zeros(5, 28, 28))
 
 
 def test_subset_script_says_which_file_is_missing(tmp_path: Path) -> None:

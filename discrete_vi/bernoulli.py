@@ -1,19 +1,46 @@
-"""Drawing Bernoulli samples, one layer or a chain `q(b_1) q(b_2 | b_1) ...`.
+"""Factorised Bernoulli distributions: log-probabilities, draws and chains.
 
-Every sample is drawn from a uniform by `b = 1[u < sigmoid(phi)]`, so the
-uniforms are kept for the antithetic estimators. Shapes: `[N, B, D_l]` for
-`N` chains of `B` examples with `D_l` units in layer `l`.
+Used by the estimators and the models alike. Every sample is drawn from a
+uniform by `b = 1[u < sigmoid(phi)]`, and the uniforms are kept for the
+antithetic estimators. Samples are float32 tensors of exact 0/1 values.
+Shapes: `[N, B, D_l]` for `N` chains of `B` examples with `D_l` units in
+layer `l`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from discrete_vi.estimators.base import LogitsLayer
+LogitsLayer = Callable[[Tensor], Tensor]
+"""Maps samples of one layer `[K, B, D_l]` to the logits of the next `[K, B, D_{l+1}]`."""
+
+
+def bernoulli_log_prob(samples: Tensor, logits: Tensor) -> Tensor:
+    """log q(b) = sum_d (b_d phi_d - softplus(phi_d)): samples and logits broadcast to `[..., D]` -> `[...]`.
+
+    The softplus term is computed on the logits' own shape, so logits `[B, D]`
+    against samples `[K, B, D]` (or a prior's `[D]`) cost one pass, not K.
+    """
+    return (samples * logits).sum(-1) - nn.functional.softplus(logits).sum(-1)
+
+
+def draw_bernoulli(logits: Tensor, tie_halves: bool = False) -> tuple[Tensor, Tensor]:
+    """Samples `1[u < sigmoid(logits)]` and their uniforms `u`: float32 tensors of `logits`' shape and device.
+
+    tie_halves: the first and second half of dim 0 share their uniforms
+        (common random numbers for the two branches of antithetic pairs).
+    """
+    shape = logits.shape
+    if tie_halves:
+        uniforms = torch.rand((shape[0] // 2, *shape[1:]), device=logits.device).repeat(2, *([1] * (len(shape) - 1)))
+    else:
+        uniforms = torch.rand(shape, device=logits.device)
+    samples = (uniforms < torch.sigmoid(logits.detach().float())).float()
+    return samples, uniforms
 
 
 @dataclass
@@ -31,21 +58,6 @@ class ChainSample:
     def detached_logits(self) -> list[Tensor]:
         """Float32 logits without graph, as `f` receives them."""
         return [phi.detach().float() for phi in self.logits]
-
-
-def draw_bernoulli(logits: Tensor, tie_halves: bool = False) -> tuple[Tensor, Tensor]:
-    """Samples `1[u < sigmoid(logits)]` and their uniforms `u`: float32 tensors of `logits`' shape and device.
-
-    tie_halves: the first and second half of dim 0 share their uniforms
-        (common random numbers for the two branches of antithetic pairs).
-    """
-    shape = logits.shape
-    if tie_halves:
-        uniforms = torch.rand((shape[0] // 2, *shape[1:]), device=logits.device).repeat(2, *([1] * (len(shape) - 1)))
-    else:
-        uniforms = torch.rand(shape, device=logits.device)
-    samples = (uniforms < torch.sigmoid(logits.detach().float())).float()
-    return samples, uniforms
 
 
 def complete_chain(chain: ChainSample, layers: Sequence[LogitsLayer], tie_halves: bool = False) -> ChainSample:
@@ -73,3 +85,8 @@ def complete_chain(chain: ChainSample, layers: Sequence[LogitsLayer], tie_halves
                 f"[{previous.shape[0]}, {previous.shape[1]}, D], got {got}"
             )
         logits.append(phi)
+
+
+def sample_chain(first_logits: Tensor, layers: Sequence[LogitsLayer], n_samples: int) -> ChainSample:
+    """`n_samples` independent chains from first-layer logits `[B, D_1]`: samples `[n_samples, B, D_l]` per layer."""
+    return complete_chain(ChainSample(logits=[first_logits.expand(n_samples, *first_logits.shape)]), layers)
