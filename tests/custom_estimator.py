@@ -1,7 +1,8 @@
 """An estimator defined outside the package, as the README shows: REINFORCE with a
 fixed baseline, written as a small subclass of ScoreFunctionEstimator."""
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from discrete_vi.estimators.reinforce import ScoreFunctionEstimator
 
@@ -15,3 +16,21 @@ class FixedBaselineReinforce(ScoreFunctionEstimator):
 
     def sample_weights(self, f_values: Tensor) -> Tensor:
         return (f_values - self.baseline) / self.n_samples
+
+
+class LearnedBaselineReinforce(ScoreFunctionEstimator):
+    """REINFORCE with a learned constant baseline and no learning rate of its own (`lr` is None):
+    the baseline descends the squared distance to the batch mean of f at the model's rate."""
+
+    def __init__(self, n_samples: int = 2):
+        super().__init__(n_samples)
+        self.baseline = nn.Parameter(torch.zeros(()))
+
+    def sample_weights(self, f_values: Tensor) -> Tensor:
+        return (f_values - self.baseline.detach()) / self.n_samples
+
+    def chain(self, logits, layers, f):
+        out = super().chain(logits, layers, f)
+        fit = (out.f_values.mean() - self.baseline) ** 2
+        out.loss = out.loss + fit - fit.detach()  # value unchanged, gradient for the baseline
+        return out

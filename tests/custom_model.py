@@ -36,3 +36,23 @@ class TanhDecoderVAE(BinaryLatentModule):
         b = samples[0]
         log_p = bernoulli_log_prob(batch, self.decoder(b)) + bernoulli_log_prob(b, self.prior_logits)
         return log_p - bernoulli_log_prob(b, logits[0])
+
+
+class DivergingVAE(TanhDecoderVAE):
+    """Its objective turns to nan from training step `diverge_at` on (a run that diverges)."""
+
+    def __init__(self, estimator: Estimator | None = None, input_size: int = 784, diverge_at: int = 2):
+        super().__init__(estimator, input_size)
+        self.diverge_at = diverge_at
+
+    def objective(self, batch, samples, logits):
+        values = super().objective(batch, samples, logits)
+        return values * float("nan") if self.training and self.global_step >= self.diverge_at else values
+
+
+class BuggyVAE(TanhDecoderVAE):
+    """A model whose own code has a bug that raises ValueError while it is built."""
+
+    def __init__(self, estimator: Estimator | None = None, input_size: int = 784):
+        super().__init__(estimator, input_size)
+        int("not a number")  # the user's bug: must keep its traceback

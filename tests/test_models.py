@@ -10,6 +10,7 @@ import torch
 from discrete_vi.data import BinarizedImageDataModule
 from discrete_vi.estimators import ARM, RLOO, DisARM, RLOODoubleCV
 from discrete_vi.bernoulli import bernoulli_log_prob
+from discrete_vi.checks import ConfigurationError
 from discrete_vi.exact import all_configurations
 from discrete_vi.models import BinaryVAE, SigmoidBeliefNet
 
@@ -123,13 +124,14 @@ def test_double_cv_on_two_layers_fails_at_configuration(make):
         ({"latent_sizes": (200, 0)}, "latent_sizes must be a non-empty list"),
         ({"network": "deep"}, "network must be one of"),
         ({"lr": 0.0}, "lr must be > 0"),
-        ({"prior_lr": -1.0}, "prior_lr must be > 0"),
+        ({"prior_lr": -1.0}, "prior_lr must be >= 0"),
+        ({"encoder_lr": 0.0}, "encoder_lr must be > 0"),
         ({"val_samples": 0}, "val_samples must be >= 1"),
         ({"estimator": "RLOO"}, "estimator must be an Estimator"),
     ],
 )
 def test_bad_model_settings_raise_clear_errors(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigurationError, match=message):
         BinaryVAE(**kwargs)
 
 

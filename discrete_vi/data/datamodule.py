@@ -9,7 +9,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from discrete_vi.data.download import download_missing_files
 from discrete_vi.data.images import GREY_LEVELS, IMAGE_SHAPE, INPUT_SIZE, sample_binary_images
-from discrete_vi.data.sources import BUNDLED_DATASET, check_dataset_name, data_source
+from discrete_vi.checks import check_count
+from discrete_vi.data.sources import BUNDLED_DATASET, DatasetName, check_dataset_name, data_source
 from discrete_vi.data.splits import load_splits
 
 
@@ -64,7 +65,7 @@ class BinarizedImageDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        dataset: str = "mnist_subset",
+        dataset: DatasetName = "mnist_subset",
         root: str | None = None,
         download: bool = False,
         batch_size: int = 100,
@@ -85,12 +86,9 @@ class BinarizedImageDataModule(pl.LightningDataModule):
         """
         super().__init__()
         check_dataset_name(dataset)
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-        if eval_batch_size <= 0:
-            raise ValueError(f"eval_batch_size must be a positive integer, got {eval_batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+        check_count("batch_size", batch_size, 1)
+        check_count("eval_batch_size", eval_batch_size, 1)
+        check_count("num_workers", num_workers, 0)
         self.save_hyperparameters()
         self.dataset = dataset
         self.root = root

@@ -13,7 +13,9 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
+from discrete_vi.checks import ConfigurationError
 from discrete_vi.data.checksums import Checksum
 from discrete_vi.data.errors import DataFilesNotFoundError
 
@@ -133,14 +135,17 @@ SOURCES: Mapping[str, DataSource] = {
 }
 
 BUNDLED_DATASET = "mnist_subset"  # bundled with the package: no files to look up or download
-DATASET_NAMES: tuple[str, ...] = (BUNDLED_DATASET, *SOURCES)
+DatasetName = Literal["mnist_subset", "mnist", "binarized_mnist", "fashion_mnist", "omniglot"]
+"""The names `BinarizedImageDataModule(dataset=...)` takes (the command line shows them as choices)."""
+DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
+assert set(DATASET_NAMES) == {BUNDLED_DATASET, *SOURCES}, "DatasetName must list every source"
 _PACKAGE_FOLDER = Path(__file__).resolve().parent
 
 
 def check_dataset_name(dataset: str) -> None:
     """Raise the one ``ValueError`` for a dataset name not in :data:`DATASET_NAMES`."""
     if dataset not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASET_NAMES)}")
+        raise ConfigurationError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASET_NAMES)}")
 
 
 def data_source(dataset: str) -> DataSource:

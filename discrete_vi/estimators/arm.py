@@ -21,11 +21,11 @@ import torch
 from torch import Tensor
 
 from discrete_vi.bernoulli import ChainSample, LogitsLayer, complete_chain, sample_chain
+from discrete_vi.checks import ConfigurationError, check_count
 from discrete_vi.estimators.base import (
     ChainObjective,
     Estimator,
     EstimatorOutput,
-    check_count,
     evaluate_objective,
     float32_arithmetic,
     surrogate_loss,
@@ -53,7 +53,7 @@ class AntitheticEstimator(Estimator):
     @classmethod
     def at_cost(cls, n_evaluations: int, **options) -> "AntitheticEstimator":
         if n_evaluations % 2:
-            raise ValueError(f"{cls.__name__} evaluates f twice per pair: n_evaluations must be even, got {n_evaluations}")
+            raise ConfigurationError(f"{cls.__name__} evaluates f twice per pair: n_evaluations must be even, got {n_evaluations}")
         return cls(n_evaluations // 2, **options)
 
     @abc.abstractmethod
@@ -102,14 +102,22 @@ class AntitheticEstimator(Estimator):
 
 
 class ARM(AntitheticEstimator):
-    """Augment-REINFORCE-Merge: `g = (f(b) - f(b~)) (u - 1/2)`, averaged over `n_pairs`."""
+    """Augment-REINFORCE-Merge (Yin & Zhou 2019): `g = (f(b) - f(b~)) (u - 1/2)`, averaged over pairs.
+
+    Args:
+        n_pairs: antithetic pairs per example (2 evaluations of f each, per layer for chains).
+    """
 
     def pair_gradient(self, f_difference, logits, uniforms, b, b_tilde):
         return f_difference * (uniforms - 0.5)
 
 
 class DisARM(AntitheticEstimator):
-    """DisARM: `g = 1/2 (f(b) - f(b~)) (-1)^{b~} 1[b != b~] sigmoid(|phi|)`, averaged over `n_pairs`."""
+    """DisARM (Dong, Mnih & Tucker 2020): `g = 1/2 (f(b) - f(b~)) (-1)^{b~} 1[b != b~] sigmoid(|phi|)`, averaged over pairs.
+
+    Args:
+        n_pairs: antithetic pairs per example (2 evaluations of f each, per layer for chains).
+    """
 
     def pair_gradient(self, f_difference, logits, uniforms, b, b_tilde):
         return 0.5 * f_difference * (b - b_tilde) * torch.sigmoid(logits.abs())

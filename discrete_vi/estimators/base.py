@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -16,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from discrete_vi.bernoulli import LogitsLayer
+from discrete_vi.checks import ConfigurationError, NonFiniteObjectiveError, check_count  # noqa: F401 (check_count: re-exported)
 
 Objective = Callable[[Tensor], Tensor]
 """Single-layer objective: float samples `[K, B, D]` -> values `[K, B]`."""
@@ -46,15 +49,6 @@ def float32_arithmetic(device: torch.device) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def check_count(name: str, value: int, minimum: int) -> int:
-    """Return `value` if it is an integer >= `minimum`, else raise ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def check_logits(logits: Tensor, name: str = "logits") -> None:
     """Raise ValueError unless `logits` is a finite floating-point `[B, D]` tensor."""
     if not isinstance(logits, Tensor):
@@ -83,7 +77,7 @@ def evaluate_objective(f: Callable[..., Tensor], expected: tuple[int, int], *inp
     finite = torch.isfinite(values.detach())
     if not bool(finite.all()):
         bad = int((~finite).sum())
-        raise ValueError(
+        raise NonFiniteObjectiveError(
             f"f returned {bad} non-finite values (nan or inf) out of {values.numel()}; "
             "check the model for overflow (e.g. log of 0) or lower the learning rate"
         )
@@ -125,6 +119,28 @@ class Estimator(nn.Module, abc.ABC):
     def n_evaluations(self) -> int:
         """Evaluations of `f` per example (per layer for antithetic chains)."""
 
+    def __init_subclass__(cls, **kwargs):
+        """Record each estimator's constructor arguments (for `config()`), whatever subclass defines them."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **kw):
+            if "_init_arguments" not in self.__dict__:  # the outermost constructor's arguments
+                bound = inspect.signature(init).bind(self, *args, **kw)
+                bound.apply_defaults()
+                object.__setattr__(self, "_init_arguments", dict(list(bound.arguments.items())[1:]))
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init
+
+    def config(self) -> dict:
+        """The class path and constructor arguments that rebuild this estimator (saved in checkpoints)."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(self._init_arguments)}
+
     @classmethod
     def at_cost(cls, n_evaluations: int, **options) -> "Estimator":
         """An instance that evaluates `f` `n_evaluations` times per example (default: K samples)."""
@@ -157,7 +173,7 @@ class Estimator(nn.Module, abc.ABC):
             from discrete_vi.estimators import ESTIMATORS  # the registry imports this module
 
             chains = ", ".join(name for name, cls in ESTIMATORS.items() if cls.supports_chains)
-            raise ValueError(
+            raise ConfigurationError(
                 f"{type(self).__name__} is defined for one stochastic layer only, and the model has {n_layers}; "
                 f"for several layers use one of: {chains}"
             )

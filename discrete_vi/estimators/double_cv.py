@@ -31,11 +31,11 @@ import torch
 from torch import Tensor, nn
 
 from discrete_vi.bernoulli import LogitsLayer, draw_bernoulli
+from discrete_vi.checks import check_count, check_positive
 from discrete_vi.estimators.base import (
     ChainObjective,
     Estimator,
     EstimatorOutput,
-    check_count,
     evaluate_objective,
     float32_arithmetic,
 )
@@ -100,18 +100,17 @@ class _DoubleCVLink(torch.autograd.Function):
 
 
 class RLOODoubleCV(Estimator):
-    """RLOO with double control variates for one stochastic layer.
+    """RLOO with double control variates (Titsias & Shi 2022) for one stochastic layer; K evaluations of f.
 
-    n_samples: K >= 2 samples per example (any K).
-    alpha_lr: learning rate for alpha, exposed as `lr` (the paper: Adam, 1e-3).
+    Args:
+        n_samples: K >= 2 samples per example.
+        alpha_lr: Adam learning rate of the learned coefficient alpha (the paper's code: 1e-3); exposed as `lr`.
     """
 
     def __init__(self, n_samples: int = 2, alpha_lr: float = 1e-3):
         super().__init__()
         self.n_samples = check_count("n_samples", n_samples, 2)
-        if not alpha_lr > 0:
-            raise ValueError(f"alpha_lr must be > 0, got {alpha_lr}")
-        self.lr = float(alpha_lr)
+        self.lr = float(check_positive("alpha_lr", alpha_lr))
         self.alpha = nn.Parameter(torch.zeros((), dtype=torch.float32))
 
     @property

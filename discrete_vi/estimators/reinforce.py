@@ -9,17 +9,17 @@ every layer's score gets the same weight.
 from __future__ import annotations
 
 import abc
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor
 
 from discrete_vi.bernoulli import LogitsLayer, sample_chain
+from discrete_vi.checks import ConfigurationError, check_choice, check_count
 from discrete_vi.estimators.base import (
     ChainObjective,
     Estimator,
     EstimatorOutput,
-    check_count,
     evaluate_objective,
     float32_arithmetic,
     surrogate_loss,
@@ -63,21 +63,20 @@ class ScoreFunctionEstimator(Estimator):
 
 
 class Reinforce(ScoreFunctionEstimator):
-    """REINFORCE: `g = 1/K sum_k (f_k - c) (b_k - theta)`.
+    """REINFORCE: `g = 1/K sum_k (f_k - c) (b_k - theta)`; K evaluations of f.
 
-    n_samples: K >= 1 samples per example.
-    baseline: "none" (c = 0) or "ema": c is a bias-corrected exponential
-        moving average of past batch means of f, updated after each
-        gradient is formed (so it never depends on the current samples).
-    decay: the moving average's decay per training step.
+    Args:
+        n_samples: K >= 1 samples per example.
+        baseline: "none" (c = 0) or "ema": c is a bias-corrected exponential moving average of
+            past batch means of f, updated after each gradient is formed (never from the current samples).
+        decay: the moving average's decay per training step, in (0, 1).
     """
 
-    def __init__(self, n_samples: int = 1, baseline: str = "none", decay: float = 0.99):
+    def __init__(self, n_samples: int = 1, baseline: Literal["none", "ema"] = "none", decay: float = 0.99):
         super().__init__(n_samples)
-        if baseline not in ("none", "ema"):
-            raise ValueError(f"baseline must be 'none' or 'ema', got {baseline!r}")
+        check_choice("baseline", baseline, ("none", "ema"))
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay must be in (0, 1), got {decay}")
+            raise ConfigurationError(f"decay must be in (0, 1), got {decay}")
         self.baseline = baseline
         self.decay = decay
         self.register_buffer("baseline_average", torch.zeros((), dtype=torch.float32))
@@ -106,7 +105,11 @@ class Reinforce(ScoreFunctionEstimator):
 
 
 class RLOO(ScoreFunctionEstimator):
-    """REINFORCE leave-one-out: `g = 1/(K-1) sum_k (f_k - mean_j f_j) (b_k - theta)`, K >= 2."""
+    """REINFORCE leave-one-out: `g = 1/(K-1) sum_k (f_k - mean_j f_j) (b_k - theta)`; K evaluations of f.
+
+    Args:
+        n_samples: K >= 2 samples per example.
+    """
 
     def __init__(self, n_samples: int = 2):
         super().__init__(n_samples, minimum_samples=2)

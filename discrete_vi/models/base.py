@@ -31,42 +31,23 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from discrete_vi.bernoulli import LogitsLayer, sample_chain
+from discrete_vi.checks import CheckpointError, ConfigurationError, check_count, check_positive
 from discrete_vi.estimators import RLOO, Estimator, EstimatorOutput
-from discrete_vi.estimators.base import check_count
-
-
-def write_scalars(trainer: pl.Trainer, scalars: dict[str, float], step: int) -> None:
-    """Write scalars straight to every logger of `trainer` (rank 0 only, as loggers do)."""
-    for logger in trainer.loggers:
-        logger.log_metrics(scalars, step=step)
-
-
-def completes_optimizer_step(trainer: pl.Trainer, batch_idx: int) -> bool:
-    """Whether training batch `batch_idx` is the last one of an optimizer step (gradient accumulation)."""
-    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-
-
-def check_learning_rate(name: str, value: float | None) -> float | None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
-
-
-def check_latent_sizes(latent_sizes) -> list[int]:
-    """Units per stochastic layer as a list; ValueError unless it is a non-empty list of positive integers."""
-    sizes = list(latent_sizes)
-    if not sizes or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in sizes):
-        raise ValueError(f"latent_sizes must be a non-empty list of positive integers, got {latent_sizes}")
-    return sizes
+from discrete_vi.scalars import completes_optimizer_step, write_scalars
 
 
 class BinaryLatentModule(pl.LightningModule, abc.ABC):
     """Base for models with binary stochastic layers trained by a gradient estimator.
 
-    estimator: the gradient estimator (default `RLOO(n_samples=2)`).
-    lr: Adam learning rate for the model's parameters (subclasses may split it).
-    val_samples / test_samples: S of the multi-sample bound at validation / test.
-    eval_chunk: samples evaluated at once during evaluation (bounds memory).
+    The constructor's arguments (the estimator's included) are saved in
+    checkpoints, so `Model.load_from_checkpoint(path)` rebuilds the model.
+
+    Args:
+        estimator: the gradient estimator (default `RLOO(n_samples=2)`).
+        lr: Adam learning rate of the model's parameters (subclasses may split it by part).
+        val_samples: S of the S-sample bound at validation.
+        test_samples: S of the S-sample bound at test and predict.
+        eval_chunk: samples evaluated at once during evaluation (bounds memory).
     """
 
     def __init__(
@@ -81,9 +62,14 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         if estimator is None:
             estimator = RLOO(n_samples=2)
         if not isinstance(estimator, Estimator):
-            raise ValueError(f"estimator must be an Estimator (e.g. RLOO, DisARM), got {type(estimator).__name__}")
+            raise ConfigurationError(f"estimator must be an Estimator (e.g. RLOO, DisARM), got {type(estimator).__name__}")
         self.estimator = estimator
-        self.lr = check_learning_rate("lr", lr)
+        self.save_hyperparameters(ignore=["estimator"])
+        self.hparams["estimator"] = estimator.config()
+        if "_class_path" not in self.hparams:  # built in Python: record what the command line records
+            self.hparams["_class_path"] = f"{type(self).__module__}.{type(self).__qualname__}"
+            self.hparams["_instantiator"] = "pytorch_lightning.cli.instantiate_module"
+        self.lr = check_positive("lr", lr)
         self.val_samples = check_count("val_samples", val_samples, 1)
         self.test_samples = check_count("test_samples", test_samples, 1)
         self.eval_chunk = check_count("eval_chunk", eval_chunk, 1)
@@ -119,7 +105,7 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         data_size = getattr(datamodule, "input_size", None)
         model_size = getattr(self, "input_size", None)
         if data_size is not None and model_size is not None and data_size != model_size:
-            raise ValueError(
+            raise ConfigurationError(
                 f"model input_size is {model_size} but the data has {data_size} pixels per image; "
                 f"set the model's input_size to {data_size}"
             )
@@ -193,7 +179,7 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
             raise ValueError(f"parameter_groups() leaves out trainable parameters {left_out}: add them to a group")
         estimator_params = list(self.estimator.parameters())
         if estimator_params:
-            groups.append({"params": estimator_params, "lr": self.estimator.lr})
+            groups.append({"params": estimator_params, "lr": self.estimator.lr or self.lr, "name": "estimator"})
         return torch.optim.Adam(groups)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
@@ -255,13 +241,35 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
 
     # --- checkpoints ---------------------------------------------------------------
 
+    def check_checkpoint_fits(self, checkpoint: dict, source: str = "the checkpoint") -> None:
+        """Raise CheckpointError unless the checkpoint's model weights (not the estimator's state)
+        have exactly this model's names and shapes."""
+        state = checkpoint.get("state_dict", {})
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("estimator.")}
+        theirs = {k: v for k, v in state.items() if not k.startswith("estimator.")}
+        problems = [f"{k} is missing" for k in own if k not in theirs]
+        problems += [f"{k} is not in this model" for k in theirs if k not in own]
+        problems += [
+            f"{k} has shape {list(theirs[k].shape)} there, {list(v.shape)} here"
+            for k, v in own.items() if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)
+        ]
+        if problems:
+            more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
+            saved = checkpoint.get("hyper_parameters", {}).get("_class_path", "another model")
+            raise CheckpointError(
+                f"{source} holds a model of another architecture ({saved}): {'; '.join(problems[:2])}{more}. "
+                "Give no model options to use the checkpoint's own configuration, or the same ones as its run"
+            )
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Evaluating a checkpoint does not need its estimator: drop estimator state that the
-        configured estimator does not have (e.g. a double-CV alpha when testing with the default)."""
+        """Refuse a checkpoint of another architecture (CheckpointError). Evaluating a checkpoint does
+        not need its estimator: drop estimator state that the configured estimator does not have
+        (e.g. a double-CV alpha when testing with RLOO)."""
+        self.check_checkpoint_fits(checkpoint)
         state = checkpoint.get("state_dict", {})
         own = {f"estimator.{k}": v for k, v in self.estimator.state_dict().items()}
-        foreign = sorted(k for k in state if k.startswith("estimator.") and k not in own)
-        missing = sorted(k for k in own if k not in state)
+        foreign = sorted(k for k in state if k.startswith("estimator.") and (k not in own or state[k].shape != own[k].shape))
+        missing = sorted(k for k in own if k not in state or k in foreign)
         if foreign or missing:
             for key in foreign:
                 del state[key]

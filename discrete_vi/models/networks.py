@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from torch import nn
 
-NETWORKS = ("linear", "nonlinear")
+from discrete_vi.checks import check_choice
+
+Network = Literal["linear", "nonlinear"]
 
 
 def check_network(network: str) -> str:
-    if network not in NETWORKS:
-        raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
-    return network
+    return check_choice("network", network, get_args(Network))
 
 
 def make_network(in_features: int, out_features: int, network: str = "linear", hidden_size: int = 200) -> nn.Module:

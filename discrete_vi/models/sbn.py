@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from discrete_vi.bernoulli import bernoulli_log_prob, sample_chain
 from discrete_vi.estimators import Estimator
-from discrete_vi.models.base import BinaryLatentModule, check_latent_sizes
+from discrete_vi.checks import ConfigurationError, check_sizes
+from discrete_vi.models.base import BinaryLatentModule
 
 IMAGE_PIXELS = 784
 
@@ -31,8 +32,14 @@ def split_upper_lower(images: Tensor) -> tuple[Tensor, Tensor]:
 class SigmoidBeliefNet(BinaryLatentModule):
     """Predict the lower half of a 28x28 binary image from its upper half.
 
-    input_size: pixels per whole image (784; set from the data by the command line).
-    latent_sizes: binary units per stochastic layer (`[200, 200]` as in the ARM paper).
+    Args:
+        estimator: the gradient estimator (default `RLOO(n_samples=2)`).
+        input_size: pixels per whole image (784; the command line sets it from the data).
+        latent_sizes: binary units per stochastic layer (`[200, 200]` as in the ARM paper).
+        lr: Adam learning rate.
+        val_samples: M of the M-sample bound at validation.
+        test_samples: M of the M-sample bound at test and predict.
+        eval_chunk: samples evaluated at once during evaluation (bounds memory).
     """
 
     def __init__(
@@ -47,8 +54,8 @@ class SigmoidBeliefNet(BinaryLatentModule):
     ):
         super().__init__(estimator, lr, val_samples, test_samples, eval_chunk)
         if input_size != IMAGE_PIXELS:
-            raise ValueError(f"SigmoidBeliefNet splits 28x28 images: input_size must be {IMAGE_PIXELS}, got {input_size}")
-        latent_sizes = check_latent_sizes(latent_sizes)
+            raise ConfigurationError(f"SigmoidBeliefNet splits 28x28 images: input_size must be {IMAGE_PIXELS}, got {input_size}")
+        latent_sizes = check_sizes("latent_sizes", latent_sizes)
         self.check_estimator(len(latent_sizes))
         self.input_size, self.latent_sizes = input_size, latent_sizes
         half = input_size // 2

@@ -17,24 +17,33 @@ from torch import Tensor, nn
 
 from discrete_vi.bernoulli import bernoulli_log_prob, draw_bernoulli, sample_chain
 from discrete_vi.estimators import Estimator
-from discrete_vi.models.base import BinaryLatentModule, check_latent_sizes, check_learning_rate
-from discrete_vi.models.networks import check_network, make_network, output_layer
+from discrete_vi.checks import ConfigurationError, check_count, check_positive, check_sizes
+from discrete_vi.models.base import BinaryLatentModule
+from discrete_vi.models.networks import Network, check_network, make_network, output_layer
 
 
 class BinaryVAE(BinaryLatentModule):
     """Binary-latent VAE on flattened binary images `[B, input_size]`.
 
-    input_size: pixels per image (set from the data by the command line).
-    latent_sizes: binary units per stochastic layer, top-down order of sampling
-        (`[200]`: one layer; `[200, 200]`: two).
-    network: "linear" or "nonlinear" (see the module docstring).
-    hidden_size: width of the deterministic layers of nonlinear networks.
-    lr: Adam learning rate; encoder_lr / decoder_lr / prior_lr override it
-        for those parts (one optimizer, one parameter group each; the
-        estimator's own parameters get a group at the estimator's rate).
-    demean: subtract the training mean from the encoder's input (DisARM).
-    init_output_bias: set the decoder's output bias to the logit of the
-        training mean before training (as the papers' code does).
+    One Adam optimizer with a parameter group per part (encoder, decoder,
+    prior) and one for the estimator's own parameters at the estimator's rate.
+
+    Args:
+        estimator: the gradient estimator (default `RLOO(n_samples=2)`).
+        input_size: pixels per image (the command line sets it from the data).
+        latent_sizes: binary units per stochastic layer, in the order they are sampled
+            (`[200]`: one layer; `[200, 200]`: two).
+        network: "linear" (one affine map between layers) or "nonlinear" (two hidden LeakyReLU(0.3) layers).
+        hidden_size: width of the deterministic layers of nonlinear networks.
+        lr: Adam learning rate of every part without a rate of its own.
+        encoder_lr: Adam learning rate of the encoder (default: lr).
+        decoder_lr: Adam learning rate of the decoder (default: lr).
+        prior_lr: Adam learning rate of the prior's logits (default: lr); 0 freezes the prior.
+        demean: subtract the training mean from the encoder's input (as DisARM's code does).
+        init_output_bias: set the decoder's output bias to the logit of the training mean before training.
+        val_samples: S of the S-sample bound at validation.
+        test_samples: S of the S-sample bound at test and predict.
+        eval_chunk: samples evaluated at once during evaluation (bounds memory).
     """
 
     def __init__(
@@ -42,7 +51,7 @@ class BinaryVAE(BinaryLatentModule):
         estimator: Estimator | None = None,
         input_size: int = 784,
         latent_sizes: tuple[int, ...] = (200,),
-        network: str = "linear",
+        network: Network = "linear",
         hidden_size: int = 200,
         lr: float = 1e-3,
         encoder_lr: float | None = None,
@@ -55,13 +64,14 @@ class BinaryVAE(BinaryLatentModule):
         eval_chunk: int = 100,
     ):
         super().__init__(estimator, lr, val_samples, test_samples, eval_chunk)
-        latent_sizes = check_latent_sizes(latent_sizes)
-        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
-            raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
+        latent_sizes = check_sizes("latent_sizes", latent_sizes)
+        check_count("input_size", input_size, 1)
         check_network(network)
-        self.encoder_lr = check_learning_rate("encoder_lr", encoder_lr)
-        self.decoder_lr = check_learning_rate("decoder_lr", decoder_lr)
-        self.prior_lr = check_learning_rate("prior_lr", prior_lr)
+        self.encoder_lr = check_positive("encoder_lr", encoder_lr)
+        self.decoder_lr = check_positive("decoder_lr", decoder_lr)
+        if prior_lr is not None and prior_lr < 0:
+            raise ConfigurationError(f"prior_lr must be >= 0 (0 freezes the prior), got {prior_lr}")
+        self.prior_lr = prior_lr
         self.check_estimator(len(latent_sizes))
         self.input_size, self.latent_sizes, self.network = input_size, latent_sizes, network
         self.demean, self.init_output_bias = demean, init_output_bias
@@ -85,7 +95,7 @@ class BinaryVAE(BinaryLatentModule):
         mean = getattr(datamodule, "train_mean", None)
         if mean is None:
             if self.demean:
-                raise ValueError("demean=True needs the training mean: train with BinarizedImageDataModule")
+                raise ConfigurationError("demean=True needs the training mean: train with BinarizedImageDataModule")
             return
         with torch.no_grad():
             self.input_mean.copy_(mean)
@@ -112,7 +122,7 @@ class BinaryVAE(BinaryLatentModule):
             "decoder": (list(self.decoder.parameters()), self.decoder_lr),
             "prior": ([self.prior_logits], self.prior_lr),
         }
-        return [{"params": params, "lr": lr or self.lr, "name": name} for name, (params, lr) in parts.items()]
+        return [{"params": params, "lr": self.lr if lr is None else lr, "name": name} for name, (params, lr) in parts.items()]
 
     @torch.no_grad()
     def images_for_logging(self, batch: Tensor) -> dict[str, Tensor]:
