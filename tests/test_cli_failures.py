@@ -1,0 +1,134 @@
+"""Failures a user can cause end in one short line on stderr, exit status 2, no traceback and
+no run folder; a bug in a user's own code keeps its traceback."""
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from discrete_vi.cli import run_cli
+from discrete_vi.estimators import ESTIMATORS
+from test_cli import SMALL_EVAL, TINY
+
+TESTS = Path(__file__).resolve().parent
+MODEL = ["--model.latent_sizes", "[30]", *SMALL_EVAL]
+
+
+def run_failing(args, tmp_path, capsys) -> str:
+    """Run the command line in `tmp_path`; check exit status 2, a short stderr without a traceback
+    and no run folder; return stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("discrete-vi: error:")]
+    assert len(ours) == 1, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "lightning_logs").exists(), "nothing may be left behind"
+    return ours[0]
+
+
+@pytest.fixture
+def trained_checkpoint(tmp_path_factory):
+    """last.ckpt of a tiny run (latent size 30)."""
+    folder = tmp_path_factory.mktemp("trained")
+    run_cli(["fit", *TINY, *MODEL, "--trainer.default_root_dir", str(folder)])
+    return folder / "lightning_logs/version_0/checkpoints/last.ckpt"
+
+
+def test_missing_empty_and_corrupt_checkpoints(tmp_path, monkeypatch, capsys, trained_checkpoint):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "truncated.ckpt").write_bytes(trained_checkpoint.read_bytes()[:5000])
+    (tmp_path / "noise.ckpt").write_bytes(os.urandom(3000))
+    cases = {"missing.ckpt": "does not exist", "empty.ckpt": "is empty", "truncated.ckpt": "corrupt or truncated",
+             "noise.ckpt": "corrupt or truncated"}
+    for name, message in cases.items():
+        for subcommand in ("fit", "test"):
+            line = run_failing([subcommand, *TINY, "--ckpt_path", name], tmp_path, capsys)
+            assert name in line and message in line, line
+
+
+def test_a_checkpoint_of_another_architecture(tmp_path, monkeypatch, capsys, trained_checkpoint):
+    monkeypatch.chdir(tmp_path)
+    line = run_failing(["test", *TINY, "--model.latent_sizes", "[20]", "--ckpt_path", str(trained_checkpoint)],
+                       tmp_path, capsys)
+    assert "another architecture" in line and "[30, 784] there, [20, 784] here" in line, line
+
+
+def test_resume_last_in_test_needs_a_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert "no lightning_logs/*/checkpoints/last.ckpt" in run_failing(["test", *TINY, "--ckpt_path", "last"],
+                                                                       tmp_path, capsys)
+
+
+def test_corrupt_and_truncated_data_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    shared = TESTS.parents[1] / "shared" / "data" / "mnist"
+    if not shared.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{shared} is missing")
+        pytest.skip(f"{shared} is missing")
+    data = tmp_path / "data" / "mnist"
+    data.mkdir(parents=True)
+    for source in shared.glob("*.gz"):
+        (data / source.name).write_bytes(source.read_bytes())
+    original = (data / "train-images-idx3-ubyte.gz").read_bytes()
+    monkeypatch.setenv("DISCRETE_VI_DATA", str(tmp_path / "data"))
+    for damaged in (original[: len(original) // 2], gzip.compress(b"not an idx file")):
+        (data / "train-images-idx3-ubyte.gz").write_bytes(damaged)
+        line = run_failing(["fit", *TINY, *MODEL, "--data.dataset", "mnist"], tmp_path, capsys)
+        assert "train-images-idx3-ubyte.gz" in line, line
+
+
+def test_unknown_estimator_and_model_names_list_the_valid_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = run_failing(["fit", *TINY, "--model.estimator", "RLOOO"], tmp_path, capsys)
+    assert "'RLOOO'" in line and ", ".join(ESTIMATORS) in line
+    line = run_failing(["fit", *TINY, "--model", "BinaryVAEE"], tmp_path, capsys)
+    assert "'BinaryVAEE'" in line and "BinaryVAE" in line and "SigmoidBeliefNet" in line
+    line = run_failing(["fit", *TINY, "--model.estimator", "no_such_module.Estimator"], tmp_path, capsys)
+    assert "no module named 'no_such_module'" in line
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.yaml").write_text("model:\n  init_args:\n    latent_sizes: [30\n    lr: 0.1\n")
+    line = run_failing(["fit", "--config", "broken.yaml"], tmp_path, capsys)
+    assert "broken.yaml, line 4" in line, line
+    line = run_failing(["fit", "--config", "absent.yaml"], tmp_path, capsys)
+    assert "absent.yaml does not exist" in line
+
+
+def test_a_diverging_run_says_at_which_step_and_what_to_try(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", *TINY, "--model", "custom_model.DivergingVAE", "--model.diverge_at", "2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("discrete-vi: error:")]
+    assert "diverged at step 2" in line and "non-finite" in line and "--model.lr" in line
+
+
+def test_a_bug_in_the_users_model_keeps_its_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="invalid literal for int") as error_info:
+        run_cli(["fit", *TINY, "--model", "custom_model.BuggyVAE"])
+    assert any(entry.name == "__init__" and str(entry.path).endswith("custom_model.py") for entry in error_info.traceback)
+
+
+def test_the_console_script_fails_in_one_line_without_traceback(tmp_path):
+    """The real entry point, in a process of its own: what a user sees on the terminal."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, "-m", "discrete_vi.cli", "fit", "--model.estimator", "NoSuch"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"discrete-vi: error: unknown estimator 'NoSuch'; choose one of {', '.join(ESTIMATORS)}, "
+        "or give a class path (package.module.Class)"
+    ]
+    assert not any(tmp_path.iterdir())
