@@ -1,15 +1,25 @@
-"""Framework overhead: steps per second of `discrete-vi fit` against a bare PyTorch loop.
+"""Time per training step of `discrete-vi fit` against a bare PyTorch loop and the step's matmul floor.
 
-Both train the same linear binary VAE (784-200, output bias from the training
-mean) with RLOO K=2, batch 100, Adam 1e-3, on full MNIST with dynamic
-binarization. `discrete-vi fit` runs in-process with the progress bar on,
-TensorBoard logging every step, checkpointing on; validation is switched off
-so that only training steps are compared. The bare loop is plain torch code
-written here (no discrete_vi code in the step). Steps are timed after
-`--warmup` steps; runs alternate, the median of `--repeats` is reported, and
-the ratio of each back-to-back pair (less sensitive to a shared machine's drift).
+All loops train the same binary VAE (784-200 binary units, `linear` or
+`nonlinear` networks, output bias from the training mean) with RLOO K=2,
+batch 100, Adam 1e-3, on full MNIST with dynamic binarization.
 
-    python benchmarks/fit_overhead.py [--mnist ../shared/data/mnist] [--steps 300]
+- `framework`: `discrete-vi fit` in-process, as a user runs it (progress bar on,
+  TensorBoard scalars every `--log-every` steps, checkpointing on, validation off
+  so that only training steps are compared);
+- `framework compiled`: the same with `--model.compile true` (compile time is
+  reported separately, not in ms/step);
+- `bare eager`: the training math written here in plain torch, as a user would
+  write it by hand (`torch.optim.Adam` with its defaults, no discrete_vi code);
+- `matmul floor`: the matrix products of one bare step (shapes recorded by the
+  torch profiler), timed alone.
+
+Loops alternate in rounds (every loop once per round), each timed after
+`--warmup` steps; the table gives the median over rounds and the median of
+the per-round ratios to the bare loop, all from this one run (less sensitive
+to a shared machine's drift than separate runs).
+
+    python benchmarks/fit_overhead.py [--networks linear nonlinear] [--steps 200] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import argparse
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -26,114 +37,180 @@ from torch import nn
 
 from discrete_vi.cli import run_cli
 from discrete_vi.data import load_splits
+from discrete_vi.models.networks import make_network, output_layer
 
 REPO = Path(__file__).resolve().parents[1]
+BATCH, LATENT, K = 100, 200, 2
 
 
 class StepTimer(pl.Callback):
-    """Wall time from the start of step `warmup` to the end of the last step."""
+    """Time from the start of training batch `warmup` to the end of the last one."""
 
-    def __init__(self, warmup: int):
-        self.warmup = warmup
+    def __init__(self, warmup: int, clock):
+        self.warmup, self.clock = warmup, clock
         self.start = self.end = 0.0
         self.steps = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.warmup:
-            self.start = time.perf_counter()
+            self.start = self.clock()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx >= self.warmup:
-            self.end = time.perf_counter()
+            self.end = self.clock()
             self.steps = batch_idx - self.warmup + 1
 
 
-def framework_steps_per_second(data_root: Path, steps: int, warmup: int, workdir: Path) -> float:
-    timer = StepTimer(warmup)
+def framework_ms(data_root: Path, network: str, steps: int, warmup: int, workdir: Path, clock,
+                 log_every: int, compile: bool = False) -> tuple[float, float]:
+    """ms per step of `discrete-vi fit`, and the seconds before the timed steps (compilation included)."""
+    timer = StepTimer(warmup, clock)
     args = [
         "--seed_everything", "0",
-        "--model", "BinaryVAE",
-        "--model.estimator", "RLOO", "--model.estimator.n_samples", "2",
-        "--model.latent_sizes", "[200]", "--model.network", "linear", "--model.lr", "0.001",
-        "--data.dataset", "mnist", "--data.root", str(data_root), "--data.batch_size", "100",
+        "--model", "BinaryVAE", "--model.network", network, "--model.compile", str(compile).lower(),
+        "--model.estimator", "RLOO", "--model.estimator.n_samples", str(K),
+        "--model.latent_sizes", f"[{LATENT}]", "--model.lr", "0.001",
+        "--data.dataset", "mnist", "--data.root", str(data_root), "--data.batch_size", str(BATCH),
         "--trainer.max_epochs", "1",
         "--trainer.limit_train_batches", str(warmup + steps),
         "--trainer.limit_val_batches", "0",
-        "--trainer.log_every_n_steps", "1",
+        "--trainer.log_every_n_steps", str(log_every),
         "--trainer.enable_progress_bar", "true",
         "--trainer.enable_model_summary", "false",
-        "--trainer.logger.init_args.save_dir", str(workdir),
+        "--trainer.default_root_dir", str(workdir),
     ]
     cli = run_cli(args, run=False)  # build, then attach the timer and run the same fit
     cli.trainer.callbacks.append(timer)
+    started = clock()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return timer.steps / (timer.end - timer.start)
+    return (timer.end - timer.start) / timer.steps * 1e3, timer.start - started
 
 
-def bare_steps_per_second(train_images: torch.Tensor, steps: int, warmup: int) -> float:
-    """The same training math in plain torch: linear encoder/decoder, RLOO K=2."""
-    torch.manual_seed(0)
-    pixels, latent, batch, k = train_images.shape[1], 200, 100, 2
-    mean = train_images.float().mean(0) / 255
-    encoder, decoder = nn.Linear(pixels, latent), nn.Linear(latent, pixels)
-    with torch.no_grad():
-        decoder.bias.copy_(torch.logit(mean.clamp(1e-3, 1 - 1e-3)))
-    prior = nn.Parameter(torch.zeros(latent))
-    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters(), prior], lr=1e-3)
-    order = torch.randperm(train_images.shape[0])
-    start = 0.0
-    for step in range(warmup + steps):
-        if step == warmup:
-            start = time.perf_counter()
-        index = order[step * batch : (step + 1) * batch]
-        grey = train_images[index].float() / 255
-        x = (torch.rand_like(grey) < grey).float()  # Bernoulli draws as the framework makes them
-        logits = encoder(x)
+class BareLoop:
+    """The same training math in plain torch, written as a user would by hand."""
+
+    def __init__(self, train_images: torch.Tensor, network: str):
+        torch.manual_seed(0)
+        self.images = train_images
+        pixels = train_images.shape[1]
+        mean = train_images.float().mean(0) / 255
+        self.encoder = make_network(pixels, LATENT, network)
+        self.decoder = make_network(LATENT, pixels, network)
+        with torch.no_grad():
+            output_layer(self.decoder).bias.copy_(torch.logit(mean.clamp(1e-3, 1 - 1e-3)))
+        self.prior = nn.Parameter(torch.zeros(LATENT))
+        params = [*self.encoder.parameters(), *self.decoder.parameters(), self.prior]
+        self.optimizer = torch.optim.Adam(params, lr=1e-3)
+        self.order = torch.randperm(train_images.shape[0])
+        self.step_index = 0
+
+    def step(self) -> None:
+        index = self.order[self.step_index * BATCH : (self.step_index + 1) * BATCH]
+        self.step_index = (self.step_index + 1) % (self.images.shape[0] // BATCH)
+        grey = self.images[index].float() / 255
+        x = (torch.rand_like(grey) < grey).float()
+        logits = self.encoder(x)
         theta = torch.sigmoid(logits.detach())
-        b = (torch.rand(k, *theta.shape) < theta).float()
+        b = (torch.rand(K, *theta.shape) < theta).float()
         bce = nn.functional.binary_cross_entropy_with_logits
-        log_px = -bce(decoder(b), x.expand(k, -1, -1), reduction="none").sum(-1)
-        log_prior = -bce(prior.expand_as(b), b, reduction="none").sum(-1)
+        log_px = -bce(self.decoder(b), x.expand(K, -1, -1), reduction="none").sum(-1)
+        log_prior = -bce(self.prior.expand_as(b), b, reduction="none").sum(-1)
         log_q = -bce(logits.detach().expand_as(b), b, reduction="none").sum(-1)
         f = log_px + log_prior - log_q
-        weights = (f.detach() - f.detach().mean(0)) / (k - 1)
+        weights = (f.detach() - f.detach().mean(0)) / (K - 1)
         g = (weights.unsqueeze(-1) * (b - theta)).sum(0)
-        loss = -(f.mean() + (g * logits).sum() / batch)
-        optimizer.zero_grad()
+        loss = -(f.mean() + (g * logits).sum() / BATCH)
+        self.optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
-    return steps / (time.perf_counter() - start)
+        self.optimizer.step()
+
+    def ms(self, steps: int, warmup: int, clock) -> float:
+        for _ in range(warmup):
+            self.step()
+        start = clock()
+        for _ in range(steps):
+            self.step()
+        return (clock() - start) / steps * 1e3
+
+
+def matmul_floor(bare: BareLoop, steps: int, clock) -> tuple[float, list]:
+    """ms of the matrix products of one bare step, replayed alone; and their shapes."""
+    with torch.profiler.profile(record_shapes=True) as profile:
+        bare.step()
+    shapes = []
+    for event in profile.events():
+        if event.name in ("aten::mm", "aten::addmm", "aten::bmm") and event.input_shapes:
+            operands = [s for s in event.input_shapes if len(s) >= 2]
+            shapes.append((event.name, operands[-2], operands[-1]))
+    tensors = [(torch.randn(*a), torch.randn(*b)) for _, a, b in shapes]
+    run = lambda: [torch.matmul(a, b) for a, b in tensors]  # noqa: E731
+    for _ in range(5):
+        run()
+    start = clock()
+    for _ in range(steps):
+        run()
+    return (clock() - start) / steps * 1e3, [(a, b) for _, a, b in shapes]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mnist", type=Path, default=REPO.parent / "shared" / "data" / "mnist",
                         help="folder with the four MNIST IDX .gz files")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--networks", nargs="+", default=["linear", "nonlinear"], choices=["linear", "nonlinear"])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--log-every", type=int, default=50, help="--trainer.log_every_n_steps (Lightning's default)")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled framework loop")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or this thread's CPU time (needs --threads 1; steadier on a shared machine)")
     args = parser.parse_args(argv)
     if args.steps + args.warmup > 500:
         parser.error("--steps + --warmup must be at most 500 (one epoch of 50,000 images at batch 100)")
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu measures one thread: add --threads 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.perf_counter if args.clock == "wall" else time.thread_time
+    warnings.filterwarnings("ignore")
+    loops = ["framework", *([] if args.no_compile else ["framework compiled"]), "bare eager", "matmul floor"]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         (root / "mnist").mkdir(parents=True)
         for file in args.mnist.resolve().glob("*-ubyte.gz"):
             (root / "mnist" / file.name).symlink_to(file)
-        train_images = load_splits("mnist", root).train
-        train_images = torch.as_tensor(train_images)
-        framework, bare = [], []
-        for repeat in range(args.repeats):
-            framework.append(framework_steps_per_second(root, args.steps, args.warmup, Path(tmp) / f"logs{repeat}"))
-            bare.append(bare_steps_per_second(train_images, args.steps, args.warmup))
-    fw, pt = statistics.median(framework), statistics.median(bare)
-    print(f"\ntorch={torch.__version__} threads={torch.get_num_threads()} steps={args.steps} repeats={args.repeats}")
-    print(f"{'loop':<24}{'steps/s':>10}{'ms/step':>10}{'time vs bare':>14}")
-    print(f"{'bare PyTorch':<24}{pt:>10.1f}{1e3 / pt:>10.2f}{1.0:>13.2f}x")
-    print(f"{'discrete-vi fit':<24}{fw:>10.1f}{1e3 / fw:>10.2f}{pt / fw:>13.2f}x")
-    paired = sorted(b / f for f, b in zip(framework, bare))
-    print(f"all runs (steps/s): framework {[round(v, 1) for v in framework]}, bare {[round(v, 1) for v in bare]}")
-    print(f"time ratio of each back-to-back pair: {[round(r, 2) for r in paired]} (median {statistics.median(paired):.2f}x)")
+        train_images = torch.as_tensor(load_splits("mnist", root).train)
+        for network in args.networks:
+            times = {loop: [] for loop in loops}
+            compile_seconds = []
+            for round_index in range(args.rounds):
+                logs = Path(tmp) / f"logs-{network}-{round_index}"
+                times["framework"].append(
+                    framework_ms(root, network, args.steps, args.warmup, logs / "eager", clock, args.log_every)[0])
+                if "framework compiled" in times:
+                    ms, before = framework_ms(root, network, args.steps, args.warmup, logs / "compiled", clock,
+                                              args.log_every, compile=True)
+                    times["framework compiled"].append(ms)
+                    compile_seconds.append(before)
+                bare = BareLoop(train_images, network)
+                times["bare eager"].append(bare.ms(args.steps, args.warmup, clock))
+                times["matmul floor"].append(matmul_floor(bare, args.steps, clock)[0])
+            for loop in loops:
+                ratios = [t / b for t, b in zip(times[loop], times["bare eager"])]
+                rows.append((network, loop, statistics.median(times[loop]), statistics.median(ratios),
+                             [round(r, 2) for r in ratios]))
+            if compile_seconds:
+                rows.append((network, "(compile + warm-up, s)", statistics.median(compile_seconds), None, []))
+    print(f"\ntorch={torch.__version__} threads={torch.get_num_threads()} clock={args.clock} steps={args.steps} "
+          f"warmup={args.warmup} rounds={args.rounds} log_every={args.log_every} batch={BATCH} K={K}")
+    print(f"{'network':<11}{'loop':<24}{'ms/step':>9}{'vs bare':>9}  per-round ratios")
+    for network, loop, ms, ratio, ratios in rows:
+        if ratio is None:
+            print(f"{network:<11}{loop:<24}{ms:>9.1f}")
+        else:
+            print(f"{network:<11}{loop:<24}{ms:>9.2f}{ratio:>8.2f}x  {ratios}")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,13 @@ LogitsLayer = Callable[[Tensor], Tensor]
 def bernoulli_log_prob(samples: Tensor, logits: Tensor) -> Tensor:
     """log q(b) = sum_d (b_d phi_d - softplus(phi_d)): samples and logits broadcast to `[..., D]` -> `[...]`.
 
-    The softplus term is computed on the logits' own shape, so logits `[B, D]`
-    against samples `[K, B, D]` (or a prior's `[D]`) cost one pass, not K.
+    Logits of the full shape (a decoder's output) go through torch's fused
+    binary cross-entropy; smaller logits (`[B, D]` against samples `[K, B, D]`,
+    or a prior's `[D]`) get their softplus term on their own shape: one pass, not K.
     """
+    if logits.dim() >= samples.dim() and logits.shape[logits.dim() - samples.dim() :] == samples.shape:
+        target = samples.expand_as(logits).to(logits.dtype)
+        return -nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
     return (samples * logits).sum(-1) - nn.functional.softplus(logits).sum(-1)
 
 

@@ -146,7 +146,7 @@ def test_disarm_follows_the_formula():
         (lambda: ARM(0), "n_pairs must be >= 1"),
         (lambda: DisARM(-1), "n_pairs must be >= 1"),
         (lambda: RLOO(2.5), "n_samples must be an integer"),
-        (lambda: Reinforce(2, baseline="mean"), "baseline must be 'none' or 'ema'"),
+        (lambda: Reinforce(2, baseline="mean"), "baseline must be one of 'none', 'ema'"),
         (lambda: Reinforce(2, baseline="ema", decay=1.0), "decay must be in"),
         (lambda: RLOODoubleCV(2, alpha_lr=0.0), "alpha_lr must be > 0"),
     ],

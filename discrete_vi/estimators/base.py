@@ -74,6 +74,13 @@ def evaluate_objective(f: Callable[..., Tensor], expected: tuple[int, int], *inp
             f"f must return one value per sample and example, shape [K, B] = {list(expected)}, "
             f"got {list(values.shape)}"
         )
+    if not torch.compiler.is_compiling():  # no host sync in a compiled graph: its caller checks
+        check_finite_objective(values)
+    return values
+
+
+def check_finite_objective(values: Tensor) -> None:
+    """Raise NonFiniteObjectiveError if `values` of f (or their mean) hold nan or inf."""
     finite = torch.isfinite(values.detach())
     if not bool(finite.all()):
         bad = int((~finite).sum())
@@ -81,7 +88,6 @@ def evaluate_objective(f: Callable[..., Tensor], expected: tuple[int, int], *inp
             f"f returned {bad} non-finite values (nan or inf) out of {values.numel()}; "
             "check the model for overflow (e.g. log of 0) or lower the learning rate"
         )
-    return values
 
 
 def surrogate_loss(f_values: Tensor, logits: Sequence[Tensor], gradients: Sequence[Tensor], batch_size: int) -> Tensor:
@@ -111,6 +117,8 @@ class Estimator(nn.Module, abc.ABC):
     lr: float | None = None
     #: Whether `chain` accepts several stochastic layers.
     supports_chains: bool = False
+    #: Why `torch.compile` cannot compile this estimator (None: it can).
+    compile_refusal: str | None = None
     #: Whether the estimate is biased (straight-through and relaxations); unbiased ones are checked by enumeration.
     biased: bool = False
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from discrete_vi.bernoulli import bernoulli_log_prob, sample_chain
 from discrete_vi.estimators import Estimator
 from discrete_vi.checks import ConfigurationError, check_sizes
-from discrete_vi.models.base import BinaryLatentModule
+from discrete_vi.models.base import BinaryLatentModule, CompileMode
 
 IMAGE_PIXELS = 784
 
@@ -40,6 +40,8 @@ class SigmoidBeliefNet(BinaryLatentModule):
         val_samples: M of the M-sample bound at validation.
         test_samples: M of the M-sample bound at test and predict.
         eval_chunk: samples evaluated at once during evaluation (bounds memory).
+        compile: compile the training loss with torch.compile (see `BinaryLatentModule`).
+        compile_mode: torch.compile's mode: "default", "reduce-overhead" (CUDA graphs) or "max-autotune".
     """
 
     def __init__(
@@ -51,8 +53,10 @@ class SigmoidBeliefNet(BinaryLatentModule):
         val_samples: int = 100,
         test_samples: int = 1000,
         eval_chunk: int = 100,
+        compile: bool = False,
+        compile_mode: CompileMode = "default",
     ):
-        super().__init__(estimator, lr, val_samples, test_samples, eval_chunk)
+        super().__init__(estimator, lr, val_samples, test_samples, eval_chunk, compile, compile_mode)
         if input_size != IMAGE_PIXELS:
             raise ConfigurationError(f"SigmoidBeliefNet splits 28x28 images: input_size must be {IMAGE_PIXELS}, got {input_size}")
         latent_sizes = check_sizes("latent_sizes", latent_sizes)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from discrete_vi.bernoulli import bernoulli_log_prob, draw_bernoulli, sample_chain
 from discrete_vi.estimators import Estimator
 from discrete_vi.checks import ConfigurationError, check_count, check_positive, check_sizes
-from discrete_vi.models.base import BinaryLatentModule
+from discrete_vi.models.base import BinaryLatentModule, CompileMode
 from discrete_vi.models.networks import Network, check_network, make_network, output_layer
 
 
@@ -44,6 +44,8 @@ class BinaryVAE(BinaryLatentModule):
         val_samples: S of the S-sample bound at validation.
         test_samples: S of the S-sample bound at test and predict.
         eval_chunk: samples evaluated at once during evaluation (bounds memory).
+        compile: compile the training loss with torch.compile (see `BinaryLatentModule`).
+        compile_mode: torch.compile's mode: "default", "reduce-overhead" (CUDA graphs) or "max-autotune".
     """
 
     def __init__(
@@ -62,8 +64,10 @@ class BinaryVAE(BinaryLatentModule):
         val_samples: int = 100,
         test_samples: int = 1000,
         eval_chunk: int = 100,
+        compile: bool = False,
+        compile_mode: CompileMode = "default",
     ):
-        super().__init__(estimator, lr, val_samples, test_samples, eval_chunk)
+        super().__init__(estimator, lr, val_samples, test_samples, eval_chunk, compile, compile_mode)
         latent_sizes = check_sizes("latent_sizes", latent_sizes)
         check_count("input_size", input_size, 1)
         check_network(network)
