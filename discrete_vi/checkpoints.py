@@ -57,6 +57,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "Weights only load failed" in reason:
             reason = "not a torch checkpoint file"
+        reason = reason.split(". ")[0]  # torch's first sentence says what; the rest is about its internals
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({reason[:120]}); use another checkpoint of the run"
         ) from None
@@ -78,3 +79,13 @@ def find_last_checkpoint(root: str | Path, name: str = LOGS_FOLDER) -> Path | No
     """The newest `last.ckpt` of any run under `<root>/<name>/`, or None."""
     candidates = list(Path(root).glob(f"{name}/*/checkpoints/{LAST_CHECKPOINT}"))
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def find_run_without_checkpoint(root: str | Path, name: str = LOGS_FOLDER) -> str | None:
+    """The newest run folder (`version_N`) under `<root>/<name>/` that holds no checkpoint (a run killed
+    before its first one), if the newest run is such a one; else None."""
+    runs = [p for p in Path(root).glob(f"{name}/version_*") if p.is_dir() and p.name[len("version_"):].isdigit()]
+    if not runs:
+        return None
+    newest = max(runs, key=lambda p: int(p.name[len("version_"):]))
+    return None if any(newest.glob("checkpoints/*.ckpt")) else newest.name

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,14 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
-from discrete_vi.checkpoints import LOGS_FOLDER, AtomicCheckpointIO, find_last_checkpoint, read_checkpoint, run_folder
+from discrete_vi.checkpoints import (
+    LOGS_FOLDER,
+    AtomicCheckpointIO,
+    find_last_checkpoint,
+    find_run_without_checkpoint,
+    read_checkpoint,
+    run_folder,
+)
 from discrete_vi.checks import CheckpointError, ConfigurationError, NonFiniteObjectiveError
 from discrete_vi.data import BinarizedImageDataModule, CorruptFileError, DataFilesNotFoundError, DownloadError
 from discrete_vi.estimators import ESTIMATORS, Estimator
@@ -85,6 +93,10 @@ def summarize_parser_error(message: str) -> str:
     """One line from jsonargparse's nested report: the key it names and the innermost reason."""
     if "required: fit.model" in message or "required: model" in message or "BinaryLatentModule is abstract" in message:
         return f"no model chosen: give --model {' / '.join(MODELS)} (or a class path), or --config FILE"
+    choice = re.search(r'Parser key "([^"]+)":\s*Expected a typing\.Literal\[(.*)\]\. Got value: (.*)', message, re.S)
+    if choice:
+        key, options, value = choice.groups()
+        return f"{key} must be one of {options.replace(chr(39), '')}, got {value.strip()!r}"
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
     reasons = [line[2:] for line in lines if line.startswith("- ") and not line[2:].startswith(_JSONARGPARSE_WRAPPING)]
     head = lines[0] if lines else "invalid arguments"
@@ -245,6 +257,7 @@ class DiscreteVICLI(LightningCLI):
         """Resolve `--ckpt_path last`, read the checkpoint once (clear errors), and take the model's and
         the data's configuration from it unless the command line or a config file gives them."""
         self._checkpoint = None
+        self._restart_version = None  # a run killed before its first checkpoint, started again in its folder
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
@@ -257,8 +270,9 @@ class DiscreteVICLI(LightningCLI):
             if found is None:
                 if subcommand != "fit":
                     fail(f"--ckpt_path last: no {LOGS_FOLDER}/*/checkpoints/last.ckpt under {root.resolve()}")
-                print(f"{PROG}: no checkpoint to resume under {root.resolve() / LOGS_FOLDER}: starting a new run",
-                      file=sys.stderr)
+                self._restart_version = find_run_without_checkpoint(root)
+                again = f"starting again in {self._restart_version}" if self._restart_version else "starting a new run"
+                print(f"{PROG}: no checkpoint to resume under {root.resolve() / LOGS_FOLDER}: {again}", file=sys.stderr)
                 config.ckpt_path = None
                 return
             config.ckpt_path = ckpt_path = str(found)
@@ -339,6 +353,9 @@ class DiscreteVICLI(LightningCLI):
     def _default_logger(self, default_root_dir: str) -> TensorBoardLogger:
         ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
         run = run_folder(ckpt_path) if ckpt_path and self._checkpoint is not None else None
+        if self._restart_version is not None:  # its events are all hidden: the run starts again at step 0
+            return TensorBoardLogger(save_dir=default_root_dir, name=LOGS_FOLDER, version=self._restart_version,
+                                     default_hp_metric=False, purge_step=0)
         if run is None:
             return TensorBoardLogger(save_dir=default_root_dir, name=LOGS_FOLDER, default_hp_metric=False)
         root, name, version = run

@@ -6,6 +6,7 @@ import collections
 import csv
 import math
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -73,6 +74,21 @@ def test_resume_last_without_a_checkpoint_starts_a_new_run(tmp_path, monkeypatch
     cli = run_cli(["fit", *TINY, *MODEL, "--trainer.default_root_dir", "fresh", "--ckpt_path", "last"])
     assert cli.trainer.global_step == 4
     assert "no checkpoint to resume" in capsys.readouterr().err
+
+
+def test_resume_last_after_a_kill_before_the_first_checkpoint_starts_again_in_that_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    common = [*TINY, *MODEL, "--trainer.default_root_dir", "run", "--trainer.limit_val_batches", "0",
+              "--last_checkpoint.every_n_train_steps", "100"]
+    run_cli(["fit", *common, "--trainer.max_steps", "3"])
+    run = tmp_path / "run/lightning_logs/version_0"
+    shutil.rmtree(run / "checkpoints")  # as if killed before its first checkpoint: events, no checkpoint
+    assert steps_by_tag(run)["train/elbo"] == [0, 1, 2]
+    capsys.readouterr()
+    run_cli(["fit", *common, "--trainer.max_steps", "4", "--ckpt_path", "last"])
+    assert "starting again in version_0" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "run/lightning_logs").iterdir()) == ["version_0"]
+    assert steps_by_tag(run)["train/elbo"] == [0, 1, 2, 3]
 
 
 def test_checkpoints_carry_the_configuration(tmp_path, monkeypatch):
