@@ -2,7 +2,6 @@
 checkpoints that carry their configuration, prediction files, optimizer options, and
 callbacks that log on rank 0 only."""
 
-import collections
 import csv
 import math
 import os
