@@ -17,6 +17,7 @@ def sample_binary_images(grey_levels: torch.Tensor, generator: torch.Generator |
     draw uses torch's global RNG of that device (reproducible when the run is seeded).
     Grey levels 0 and 255 always give 0 and 1.
     """
-    probabilities = grey_levels.to(torch.float32) / GREY_LEVELS
-    uniforms = torch.rand(probabilities.shape, generator=generator, device=probabilities.device)
-    return (uniforms < probabilities).to(torch.float32)  # 1[u < p]: several times faster than torch.bernoulli on CPU
+    # r uniform on {0, ..., 254}: P(r < g) = g / 255 exactly, in uint8 (cheaper than a float uniform per pixel).
+    draws = torch.randint(0, GREY_LEVELS, grey_levels.shape, dtype=torch.uint8, generator=generator,
+                          device=grey_levels.device)
+    return (draws < grey_levels).to(torch.float32)

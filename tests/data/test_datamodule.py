@@ -26,9 +26,9 @@ BUNDLED_NPZ = REPO_ROOT / "discrete_vi" / "data" / "bundled" / "mnist_subset.npz
     ("arguments", "message"),
     [
         ({"dataset": "cifar10"}, "unknown dataset 'cifar10'; choose one of: " + ", ".join(DATASET_NAMES)),
-        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
-        ({"eval_batch_size": -5}, "eval_batch_size must be a positive integer, got -5"),
-        ({"num_workers": -1}, "num_workers must be 0 or more, got -1"),
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"eval_batch_size": -5}, "eval_batch_size must be >= 1, got -5"),
+        ({"num_workers": -1}, "num_workers must be >= 0, got -1"),
     ],
 )
 def test_invalid_arguments_raise_one_clear_value_error(arguments: dict, message: str) -> None:
