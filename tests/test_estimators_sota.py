@@ -27,9 +27,9 @@ from discrete_vi.estimators.rodeo import stein_controls
 from discrete_vi.exact import exact_chain_objective, exact_objective
 
 
-def randomised_rodeo(n_samples: int, seed: int = 0, hidden_size: int = 16) -> RODEO:
+def randomised_rodeo(n_samples: int, seed: int = 0, hidden_size: int = 16, expansions: str = "all") -> RODEO:
     """RODEO with alpha, beta and the control network moved well away from their initial values."""
-    estimator = RODEO(n_samples, hidden_size=hidden_size)
+    estimator = RODEO(n_samples, hidden_size=hidden_size, expansions=expansions)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         estimator.alpha.fill_(0.9)
@@ -71,6 +71,7 @@ UNBIASED = {
     "rodeo-K2": lambda: randomised_rodeo(2),
     "rodeo-K3": lambda: randomised_rodeo(3, seed=1),
     "rodeo-K4": lambda: randomised_rodeo(4, seed=2),
+    "rodeo-K4-next": lambda: randomised_rodeo(4, seed=3, expansions="next"),
 }
 
 BROKEN = {
@@ -357,6 +358,7 @@ def test_bad_settings_raise_clear_errors():
         (lambda: RODEO(1), "n_samples must be >= 2"),
         (lambda: RODEO(2, control_lr=0), "control_lr must be a number > 0"),
         (lambda: RODEO(2, hidden_size=0), "hidden_size must be >= 1"),
+        (lambda: RODEO(2, expansions="some"), "expansions must be 'all' or 'next'"),
         (lambda: StraightThrough(0), "n_samples must be >= 1"),
         (lambda: GumbelSoftmaxST(temperature=0.0), "temperature must be a number > 0"),
         (lambda: GumbelSoftmaxST(temperature=-1), "temperature must be a number > 0"),

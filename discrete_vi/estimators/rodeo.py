@@ -46,7 +46,7 @@ of `f` and the one backward pass that trains the decoder, plus the network.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -77,19 +77,22 @@ class SteinControlNetwork(nn.Module):
         return self.output(nn.functional.leaky_relu(hidden, 0.3))
 
 
-def other_sample_pairs(n_samples: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Index pairs `(k, j)`, `j != k`, `[K(K-1)]` each; k-major, so a `[K, K-1]` view groups them by k."""
-    k = torch.arange(n_samples, device=device).repeat_interleave(n_samples - 1)
-    offset = torch.arange(1, n_samples, device=device).repeat(n_samples)
+def other_sample_pairs(n_samples: int, n_others: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Index pairs `(k, j = k + m mod K)`, `m = 1..n_others`, `[K * n_others]` each; k-major,
+    so a `[K, n_others]` view groups them by k. `n_others = K - 1`: every other sample."""
+    k = torch.arange(n_samples, device=device).repeat_interleave(n_others)
+    offset = torch.arange(1, n_others + 1, device=device).repeat(n_samples)
     return k, (k + offset) % n_samples
 
 
 def stein_controls(
-    f_values: Tensor, samples: Tensor, logits: Tensor, grads: Tensor, network: nn.Module
+    f_values: Tensor, samples: Tensor, logits: Tensor, grads: Tensor, network: nn.Module, n_others: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The two Stein controls and the raw vector control, float32.
 
     f_values: `[K, B]`; samples, grads: `[K, B, D]`; logits: `[B, D]`.
+    n_others: expansions averaged per sample (`K - 1` by default: all other samples;
+        1: only the next one, `j = k + 1 mod K`).
     Returns `c` `[K, B]` (`(A h_k)(b_k)`), `V` `[K, B, D]` (`(A R_k)(b_k)`)
     and `r_k(b_k) S_k` `[K, B, D]` (the vector control before the Stein operator;
     not zero-mean, for tests of a deliberately broken variant).
@@ -98,13 +101,14 @@ def stein_controls(
     theta = torch.sigmoid(logits)
     scores = samples - theta
     flip = torch.where(samples > 0, torch.sigmoid(-logits), theta)  # q_i(1 - b_ki)
-    k, j = other_sample_pairs(n_samples, samples.device)
+    n_others = n_samples - 1 if n_others is None else n_others
+    k, j = other_sample_pairs(n_samples, n_others, samples.device)
     grads_j = grads[j]
     centre = (grads_j * (samples[k] - samples[j])).sum(-1)  # t_kj(b_k): [P, B]
     neighbours = centre.unsqueeze(-1) + grads_j * (1 - 2 * samples[k])  # t_kj(y^(i)): [P, B, D]
     points = torch.cat([centre.unsqueeze(-1), neighbours], -1)  # [P, B, D+1]
     outputs = network(points, f_values[j])  # [P, B, D+1, 2]
-    outputs = outputs.view(n_samples, n_samples - 1, *outputs.shape[1:]).mean(1)  # [K, B, D+1, 2]
+    outputs = outputs.view(n_samples, n_others, *outputs.shape[1:]).mean(1)  # [K, B, D+1, 2]
     h_centre, h_neighbours = outputs[..., 0, 0], outputs[..., 1:, 0]
     r_centre, r_neighbours = outputs[..., 0, 1], outputs[..., 1:, 1]
     c = (flip * (h_neighbours - h_centre.unsqueeze(-1))).sum(-1) / n_units
@@ -164,7 +168,13 @@ class _RodeoLink(torch.autograd.Function):
 class RODEO(Estimator):
     """RODEO for one stochastic layer: RLOO plus discrete Stein control variates on a learned network."""
 
-    def __init__(self, n_samples: int = 2, control_lr: float = 1e-3, hidden_size: int = 100):
+    def __init__(
+        self,
+        n_samples: int = 2,
+        control_lr: float = 1e-3,
+        hidden_size: int = 100,
+        expansions: Literal["all", "next"] = "all",
+    ):
         """RODEO with the Gibbs Stein operator and a Taylor-surrogate control network.
 
         Args:
@@ -172,10 +182,17 @@ class RODEO(Estimator):
             control_lr: learning rate of alpha, beta and the control network, exposed as
                 `lr` (the authors' code: Adam, 1e-3 for both groups).
             hidden_size: hidden units of the control network (the authors use 100).
+            expansions: the Taylor expansions whose network outputs are averaged for sample k:
+                "all" other samples (the authors' choice; network cost K (K-1) B (D+1)) or only
+                the "next" one, j = k + 1 mod K (their "fast" variant; cost K B (D+1)).
+                The same for K = 2.
         """
         super().__init__()
         self.n_samples = check_count("n_samples", n_samples, 2)
         self.hidden_size = check_count("hidden_size", hidden_size, 1)
+        if expansions not in ("all", "next"):
+            raise ValueError(f"expansions must be 'all' or 'next', got {expansions!r}")
+        self.expansions = expansions
         if isinstance(control_lr, bool) or not isinstance(control_lr, (int, float)) or not control_lr > 0:
             raise ValueError(f"control_lr must be a number > 0, got {control_lr!r}")
         self.lr = float(control_lr)
@@ -187,13 +204,18 @@ class RODEO(Estimator):
     def n_evaluations(self) -> int:
         return self.n_samples
 
+    @property
+    def n_others(self) -> int:
+        """Taylor expansions averaged per sample."""
+        return self.n_samples - 1 if self.expansions == "all" else 1
+
     def estimate(self, f_values: Tensor, samples: Tensor, logits: Tensor, grads: Tensor) -> Tensor:
         """The estimate `g` `[B, D]` (float32, differentiable in alpha, beta and the network).
 
         f_values: `[K, B]`; samples, grads (`d f / d b` at the samples): `[K, B, D]`; logits: `[B, D]`.
         """
         n_samples = samples.shape[0]
-        c, v, _ = stein_controls(f_values, samples, logits, grads, self.network)
+        c, v, _ = stein_controls(f_values, samples, logits, grads, self.network, self.n_others)
         scores = samples - torch.sigmoid(logits)
         shifted = f_values + self.alpha * c
         baseline = (shifted.sum(0, keepdim=True) - shifted) / (n_samples - 1)  # mean over j != k of f_j + alpha c_j
@@ -215,4 +237,7 @@ class RODEO(Estimator):
         return {"alpha": self.alpha.detach(), "beta": self.beta.detach()}
 
     def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}, control_lr={self.lr}, hidden_size={self.hidden_size}"
+        return (
+            f"n_samples={self.n_samples}, control_lr={self.lr}, hidden_size={self.hidden_size}, "
+            f"expansions={self.expansions!r}"
+        )
