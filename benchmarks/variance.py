@@ -102,6 +102,8 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--draws", type=int, default=4000)
     parser.add_argument("--chunk", type=int, default=250)
+    parser.add_argument("--rodeo-expansions", choices=["all", "next"], default="all")
+    parser.add_argument("--only", nargs="*", default=None, help="estimator names to run (default: all)")
     args = parser.parse_args(argv)
     if args.problem == "toy":
         logits, make_f, images = toy_problem()
@@ -117,12 +119,14 @@ def main(argv=None):
         estimators = {
             "RLOO": RLOO(k),
             "RLOODoubleCV": RLOODoubleCV(k),
-            "RODEO": RODEO(k),
+            "RODEO": RODEO(k, expansions=args.rodeo_expansions),
             "ARMS": ARMS(k),
             "DisARM": DisARM(k // 2),
         }
         rloo = None
         for name, estimator in estimators.items():
+            if args.only and name not in args.only and name != "RLOO":
+                continue
             torch.manual_seed(2)
             start = time.perf_counter()
             learn_state(estimator, inputs, make_f, encoder, args.learn_steps, args.learn_lr)
