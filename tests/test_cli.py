@@ -9,6 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from discrete_vi.cli import run_cli
+from discrete_vi.estimators import ESTIMATORS as REGISTRY
 
 ESTIMATORS = {
     "Reinforce": ["--model.estimator", "Reinforce", "--model.estimator.n_samples", "2"],
@@ -17,7 +18,12 @@ ESTIMATORS = {
     "RLOODoubleCV": ["--model.estimator", "RLOODoubleCV"],
     "ARM": ["--model.estimator", "ARM"],
     "DisARM": ["--model.estimator", "DisARM", "--model.estimator.n_pairs", "2"],
+    "ARMS": ["--model.estimator", "ARMS", "--model.estimator.n_samples", "3"],
+    "RODEO": ["--model.estimator", "RODEO", "--model.estimator.n_samples", "2"],
+    "StraightThrough": ["--model.estimator", "StraightThrough"],
+    "GumbelSoftmaxST": ["--model.estimator", "GumbelSoftmaxST", "--model.estimator.temperature", "0.5"],
 }
+assert {args[1] for args in ESTIMATORS.values()} == set(REGISTRY), "every registered estimator runs from the command line"
 
 TINY = [
     "--seed_everything", "0",

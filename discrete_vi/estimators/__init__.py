@@ -10,9 +10,12 @@
 """
 
 from discrete_vi.estimators.arm import ARM, DisARM
+from discrete_vi.estimators.arms import ARMS
 from discrete_vi.estimators.base import Estimator, EstimatorOutput
 from discrete_vi.estimators.double_cv import RLOODoubleCV
 from discrete_vi.estimators.reinforce import RLOO, Reinforce
+from discrete_vi.estimators.rodeo import RODEO
+from discrete_vi.estimators.straight_through import GumbelSoftmaxST, StraightThrough
 
 ESTIMATORS: dict[str, type[Estimator]] = {
     "Reinforce": Reinforce,
@@ -20,6 +23,10 @@ ESTIMATORS: dict[str, type[Estimator]] = {
     "RLOODoubleCV": RLOODoubleCV,
     "ARM": ARM,
     "DisARM": DisARM,
+    "ARMS": ARMS,
+    "RODEO": RODEO,
+    "StraightThrough": StraightThrough,
+    "GumbelSoftmaxST": GumbelSoftmaxST,
 }
 """Every estimator shipped with the package, by the name `--model.estimator` takes."""
 
