@@ -378,7 +378,17 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> DiscreteVICLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the `discrete-vi` console script."""
+    """Entry point of the `discrete-vi` console script. `compare` and `report` (grids of runs
+    and their report, `discrete_vi.compare`) have parsers of their own; the other subcommands
+    are LightningCLI's."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in ("compare", "report"):
+        from discrete_vi.compare.command import SUBCOMMANDS
+
+        status = SUBCOMMANDS[argv[0]](argv[1:])
+        if status:
+            raise SystemExit(status)
+        return
     run_cli(args)
 
 

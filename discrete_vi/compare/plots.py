@@ -1,0 +1,126 @@
+"""The papers' two figures for a comparison: training ELBO against steps and gradient variance
+against steps, one colour per configuration (mean over seeds, min-max band). matplotlib is an
+optional extra (`pip install 'discrete-vi[plot]'`), imported only here."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+class MatplotlibMissing(RuntimeError):
+    """matplotlib is not installed."""
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MatplotlibMissing("matplotlib is not installed") from None
+    return plt
+
+
+def binned(steps: list[int], values: list[float], edges: np.ndarray) -> np.ndarray:
+    """Mean of `values` in each bin `[edges[i], edges[i+1])` of steps (NaN where a bin is empty)."""
+    steps_a, values_a = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    index = np.digitize(steps_a, edges) - 1
+    sums = np.bincount(index.clip(0, len(edges) - 2), weights=values_a, minlength=len(edges) - 1)
+    counts = np.bincount(index.clip(0, len(edges) - 2), minlength=len(edges) - 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _groups(runs, keys):
+    from discrete_vi.compare.report import group
+
+    return group(runs)
+
+
+def _band(ax, x, curves: np.ndarray, colour, label, log10: bool = False) -> None:
+    """Mean over rows of `curves` [n_runs, n_points] with its min-max band (`log10`: the curves
+    are log10 values, drawn as 10**value on a log axis, so the line is the geometric mean)."""
+    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore", RuntimeWarning)
+        mean, low, high = np.nanmean(curves, 0), np.nanmin(curves, 0), np.nanmax(curves, 0)
+    ok = ~np.isnan(mean)
+    if log10:
+        mean, low, high = 10.0 ** mean, 10.0 ** low, 10.0 ** high
+    ax.plot(x[ok], mean[ok], color=colour, lw=1.6, label=f"{label} (n={curves.shape[0]})")
+    if curves.shape[0] > 1:
+        ax.fill_between(x[ok], low[ok], high[ok], color=colour, alpha=0.2, lw=0)
+
+
+def plot_training_elbo(runs, keys, path: Path, n_bins: int = 200) -> Path | None:
+    """Training ELBO (nats) against steps: each run's train/elbo averaged in `n_bins` bins of
+    steps (the smoothing), then mean and min-max over the seeds of a configuration."""
+    plt = _pyplot()
+    with_elbo = [r for r in runs if r.scalars.get("train/elbo", ([],))[0]]
+    if not with_elbo:
+        return None
+    top = max(r.scalars["train/elbo"][0][-1] for r in with_elbo)
+    edges = np.linspace(0, top + 1, n_bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=120)
+    colours = plt.get_cmap("tab10")
+    lows = []
+    for i, (label, members) in enumerate(_groups(with_elbo, keys).items()):
+        curves = np.stack([binned(*r.scalars["train/elbo"][:2], edges) for r in members])
+        _band(ax, centres, curves, colours(i % 10), label)
+        tail = curves[:, n_bins // 10:]
+        if np.isfinite(tail).any():
+            lows.append(np.nanmin(tail))
+    if lows:  # leave out the first 10% of steps' steep rise, which would flatten the rest
+        ax.set_ylim(bottom=min(lows) - 0.02 * abs(min(lows)))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("train ELBO (nats, higher is better)")
+    ax.set_title(f"Training ELBO (mean of train/elbo in bins of {max(1, round(top / n_bins))} steps;\nline: mean over seeds, band: min-max)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_gradient_variance(runs, keys, path: Path, tag: str = "train/grad_variance") -> Path | None:
+    """Gradient variance against steps, log scale: geometric mean over the seeds of a
+    configuration (mean of log10), min-max band."""
+    plt = _pyplot()
+    with_var = [r for r in runs if r.scalars.get(tag, ([],))[0]]
+    if not with_var:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=120)
+    colours = plt.get_cmap("tab10")
+    for i, (label, members) in enumerate(_groups(with_var, keys).items()):
+        steps = sorted({s for r in members for s in r.scalars[tag][0]})
+        index = {s: j for j, s in enumerate(steps)}
+        curves = np.full((len(members), len(steps)), np.nan)
+        for row, r in enumerate(members):
+            for s, v in zip(*r.scalars[tag][:2]):
+                curves[row, index[s]] = math.log10(v) if v > 0 else np.nan
+        _band(ax, np.asarray(steps, dtype=float), curves, colours(i % 10), label, log10=True)
+    ax.set_xlabel("training step")
+    ax.set_yscale("log")
+    ax.set_ylabel("gradient variance, log scale\n(mean over encoder parameters)")
+    ax.set_title("Variance of the gradient estimate of the batch-mean ELBO w.r.t. the encoder's parameters\n"
+                 "(line: geometric mean over seeds, band: min-max)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_plots(runs, out: Path, keys: list[str]) -> list[Path]:
+    """`training_elbo.png` and `gradient_variance.png` in `out` (those with data). Raises
+    MatplotlibMissing without matplotlib."""
+    _pyplot()
+    made = [plot_training_elbo(runs, keys, out / "training_elbo.png"),
+            plot_gradient_variance(runs, keys, out / "gradient_variance.png")]
+    return [p for p in made if p is not None]
