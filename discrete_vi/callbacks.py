@@ -168,6 +168,12 @@ class EstimatorVarianceBasket(pl.Callback):
             return
         if trainer.global_step % self.every_n_steps:
             return
+        values = {f"variance/{label}": value for label, value in self.measure(pl_module, batch).items()}
+        write_scalars(trainer, values, trainer.global_step)
+
+    def measure(self, pl_module, batch: torch.Tensor) -> dict[str, float]:
+        """Label -> encoder-parameter gradient variance of each basket estimator, at the model's
+        current parameters, on `batch` (after adapting learned state)."""
         if self._basket is None:
             self._basket = self._build(pl_module)
         values = {}
@@ -175,5 +181,5 @@ class EstimatorVarianceBasket(pl.Callback):
         for label, estimator in self._basket.items():
             if estimator is not pl_module.estimator:
                 self._adapt(pl_module, label, estimator, batch)
-            values[f"variance/{label}"] = pl_module.encoder_gradient_variance(batch, self.n_draws, estimator).item()
-        write_scalars(trainer, values, trainer.global_step)
+            values[label] = pl_module.encoder_gradient_variance(batch, self.n_draws, estimator).item()
+        return values

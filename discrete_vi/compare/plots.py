@@ -87,7 +87,7 @@ def plot_training_elbo(runs, keys, path: Path, n_bins: int = 200) -> Path | None
     return path
 
 
-def plot_gradient_variance(runs, keys, path: Path, tag: str = "train/grad_variance") -> Path | None:
+def plot_gradient_variance(runs, keys, path: Path, tag: str = "train/grad_variance", title: str | None = None) -> Path | None:
     """Gradient variance against steps, log scale: geometric mean over the seeds of a
     configuration (mean of log10), min-max band."""
     plt = _pyplot()
@@ -107,8 +107,42 @@ def plot_gradient_variance(runs, keys, path: Path, tag: str = "train/grad_varian
     ax.set_xlabel("training step")
     ax.set_yscale("log")
     ax.set_ylabel("gradient variance, log scale\n(mean over encoder parameters)")
-    ax.set_title("Variance of the gradient estimate of the batch-mean ELBO w.r.t. the encoder's parameters\n"
-                 "(line: geometric mean over seeds, band: min-max)", fontsize=10)
+    ax.set_title(title or "Gradient variance along each run (encoder parameters)\n"
+                 "line: geometric mean over seeds, band: min-max", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_basket(runs, path: Path) -> Path | None:
+    """The variance basket (`variance/<estimator>`, EstimatorVarianceBasket) against steps, log
+    scale: one line per basket estimator, geometric mean over every run that logged it (at each
+    step all estimators are measured at the same parameters and batch of each run), min-max band."""
+    plt = _pyplot()
+    tags = sorted({t for r in runs for t in r.scalars if t.startswith("variance/")})
+    if not tags:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=120)
+    colours = plt.get_cmap("tab10")
+    n_runs = 0
+    for i, tag in enumerate(tags):
+        members = [r for r in runs if r.scalars.get(tag, ([],))[0]]
+        n_runs = max(n_runs, len(members))
+        steps = sorted({s for r in members for s in r.scalars[tag][0]})
+        index = {s: j for j, s in enumerate(steps)}
+        curves = np.full((len(members), len(steps)), np.nan)
+        for row, r in enumerate(members):
+            for s, v in zip(*r.scalars[tag][:2]):
+                curves[row, index[s]] = math.log10(v) if v > 0 else np.nan
+        _band(ax, np.asarray(steps, dtype=float), curves, colours(i % 10), tag.split("/", 1)[1], log10=True)
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("gradient variance, log scale\n(mean over encoder parameters)")
+    ax.set_title(f"Variance basket: every estimator at the same parameters and batch\n"
+                 f"line: geometric mean over {n_runs} runs, band: min-max", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -118,9 +152,10 @@ def plot_gradient_variance(runs, keys, path: Path, tag: str = "train/grad_varian
 
 
 def write_plots(runs, out: Path, keys: list[str]) -> list[Path]:
-    """`training_elbo.png` and `gradient_variance.png` in `out` (those with data). Raises
-    MatplotlibMissing without matplotlib."""
+    """`training_elbo.png`, `gradient_variance.png` and, for runs with a variance basket,
+    `variance_basket.png` in `out` (those with data). Raises MatplotlibMissing without matplotlib."""
     _pyplot()
     made = [plot_training_elbo(runs, keys, out / "training_elbo.png"),
-            plot_gradient_variance(runs, keys, out / "gradient_variance.png")]
+            plot_gradient_variance(runs, keys, out / "gradient_variance.png"),
+            plot_basket(runs, out / "variance_basket.png")]
     return [p for p in made if p is not None]
