@@ -50,12 +50,13 @@ def _band(ax, x, curves: np.ndarray, colour, label, log10: bool = False) -> None
     ok = ~np.isnan(mean)
     if log10:
         mean, low, high = 10.0 ** mean, 10.0 ** low, 10.0 ** high
-    ax.plot(x[ok], mean[ok], color=colour, lw=1.6, label=f"{label} (n={curves.shape[0]})")
+    marker = "o" if ok.sum() <= 40 else None  # sparse measurements: show where they are
+    ax.plot(x[ok], mean[ok], color=colour, lw=1.6, marker=marker, ms=3.5, label=f"{label} (n={curves.shape[0]})")
     if curves.shape[0] > 1:
         ax.fill_between(x[ok], low[ok], high[ok], color=colour, alpha=0.2, lw=0)
 
 
-def plot_training_elbo(runs, keys, path: Path, n_bins: int = 200) -> Path | None:
+def plot_training_elbo(runs, keys, path: Path, n_bins: int = 100) -> Path | None:
     """Training ELBO (nats) against steps: each run's train/elbo averaged in `n_bins` bins of
     steps (the smoothing), then mean and min-max over the seeds of a configuration."""
     plt = _pyplot()
@@ -106,7 +107,7 @@ def plot_gradient_variance(runs, keys, path: Path, tag: str = "train/grad_varian
         _band(ax, np.asarray(steps, dtype=float), curves, colours(i % 10), label, log10=True)
     ax.set_xlabel("training step")
     ax.set_yscale("log")
-    ax.set_ylabel("gradient variance, log scale\n(mean over encoder parameters)")
+    ax.set_ylabel("gradient variance (nats², log scale)\nmean over encoder parameters")
     ax.set_title(title or "Gradient variance along each run (encoder parameters)\n"
                  "line: geometric mean over seeds, band: min-max", fontsize=10)
     ax.grid(alpha=0.3, which="both")
@@ -140,7 +141,7 @@ def plot_basket(runs, path: Path) -> Path | None:
         _band(ax, np.asarray(steps, dtype=float), curves, colours(i % 10), tag.split("/", 1)[1], log10=True)
     ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_ylabel("gradient variance, log scale\n(mean over encoder parameters)")
+    ax.set_ylabel("gradient variance (nats², log scale)\nmean over encoder parameters")
     ax.set_title(f"Variance basket: every estimator at the same parameters and batch\n"
                  f"line: geometric mean over {n_runs} runs, band: min-max", fontsize=10)
     ax.grid(alpha=0.3, which="both")
