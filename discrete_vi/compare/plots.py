@@ -35,6 +35,27 @@ def binned(steps: list[int], values: list[float], edges: np.ndarray) -> np.ndarr
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
+KNOWN_COLOURS = {"Reinforce": 4, "RLOODoubleCV": 2, "RLOO": 3, "DisARM": 1, "ARM": 0}
+"""tab10 colour of each shipped estimator, so a name has one colour in every figure (a label
+naming none takes colours from the end of the palette)."""
+
+
+def colour_for(plt, label: str, index: int):
+    """The colour of a configuration or basket label (`estimator=RLOO`, `RLOODoubleCV`, ...)."""
+    import re
+
+    names = re.findall(r"[A-Za-z]+", label)
+    for name in sorted(KNOWN_COLOURS, key=len, reverse=True):
+        if name in names:
+            return plt.get_cmap("tab10")(KNOWN_COLOURS[name])
+    return plt.get_cmap("tab10")((5 + index) % 10)
+
+
+def _legend(ax) -> None:
+    """Legend outside the axes, on the right, so it hides no curve."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
 def _groups(runs, keys):
     from discrete_vi.compare.report import group
 
@@ -66,12 +87,11 @@ def plot_training_elbo(runs, keys, path: Path, n_bins: int = 100) -> Path | None
     top = max(r.scalars["train/elbo"][0][-1] for r in with_elbo)
     edges = np.linspace(0, top + 1, n_bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
-    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=120)
-    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(10, 4.6), dpi=120)
     lows = []
     for i, (label, members) in enumerate(_groups(with_elbo, keys).items()):
         curves = np.stack([binned(*r.scalars["train/elbo"][:2], edges) for r in members])
-        _band(ax, centres, curves, colours(i % 10), label)
+        _band(ax, centres, curves, colour_for(plt, label, i), label)
         tail = curves[:, n_bins // 10:]
         if np.isfinite(tail).any():
             lows.append(np.nanmin(tail))
@@ -81,7 +101,7 @@ def plot_training_elbo(runs, keys, path: Path, n_bins: int = 100) -> Path | None
     ax.set_ylabel("train ELBO (nats, higher is better)")
     ax.set_title(f"Training ELBO (mean of train/elbo in bins of {max(1, round(top / n_bins))} steps;\nline: mean over seeds, band: min-max)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    _legend(ax)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -95,8 +115,7 @@ def plot_gradient_variance(runs, keys, path: Path, tag: str = "train/grad_varian
     with_var = [r for r in runs if r.scalars.get(tag, ([],))[0]]
     if not with_var:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=120)
-    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(10, 4.6), dpi=120)
     for i, (label, members) in enumerate(_groups(with_var, keys).items()):
         steps = sorted({s for r in members for s in r.scalars[tag][0]})
         index = {s: j for j, s in enumerate(steps)}
@@ -104,14 +123,14 @@ def plot_gradient_variance(runs, keys, path: Path, tag: str = "train/grad_varian
         for row, r in enumerate(members):
             for s, v in zip(*r.scalars[tag][:2]):
                 curves[row, index[s]] = math.log10(v) if v > 0 else np.nan
-        _band(ax, np.asarray(steps, dtype=float), curves, colours(i % 10), label, log10=True)
+        _band(ax, np.asarray(steps, dtype=float), curves, colour_for(plt, label, i), label, log10=True)
     ax.set_xlabel("training step")
     ax.set_yscale("log")
     ax.set_ylabel("gradient variance (nats², log scale)\nmean over encoder parameters")
     ax.set_title(title or "Gradient variance along each run (encoder parameters)\n"
                  "line: geometric mean over seeds, band: min-max", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="best")
+    _legend(ax)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -126,8 +145,7 @@ def plot_basket(runs, path: Path) -> Path | None:
     tags = sorted({t for r in runs for t in r.scalars if t.startswith("variance/")})
     if not tags:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=120)
-    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(10, 4.6), dpi=120)
     n_runs = 0
     for i, tag in enumerate(tags):
         members = [r for r in runs if r.scalars.get(tag, ([],))[0]]
@@ -138,14 +156,14 @@ def plot_basket(runs, path: Path) -> Path | None:
         for row, r in enumerate(members):
             for s, v in zip(*r.scalars[tag][:2]):
                 curves[row, index[s]] = math.log10(v) if v > 0 else np.nan
-        _band(ax, np.asarray(steps, dtype=float), curves, colours(i % 10), tag.split("/", 1)[1], log10=True)
+        _band(ax, np.asarray(steps, dtype=float), curves, colour_for(plt, tag.split("/", 1)[1], i), tag.split("/", 1)[1], log10=True)
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("gradient variance (nats², log scale)\nmean over encoder parameters")
     ax.set_title(f"Variance basket: every estimator at the same parameters and batch\n"
                  f"line: geometric mean over {n_runs} runs, band: min-max", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="best")
+    _legend(ax)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
