@@ -30,12 +30,12 @@ def test_encoder_variance_matches_independent_estimates(latent_sizes, estimator)
     torch.manual_seed(0)
     model = BinaryVAE(estimator=estimator, input_size=20, latent_sizes=latent_sizes, val_samples=2, test_samples=2)
     batch = (torch.rand(5, 20) < 0.5).float()
-    n_draws = 3000
+    n_draws = 600
     torch.manual_seed(1)
     measured = model.encoder_gradient_variance(batch, n_draws, chunk=500).item()
     torch.manual_seed(2)
     expected = by_hand(model, batch, n_draws)
-    assert measured == pytest.approx(expected, rel=0.08), (measured, expected)
+    assert measured == pytest.approx(expected, rel=0.12), (measured, expected)
     assert all(p.grad is None for p in model.parameters()), "measuring touches no .grad"
 
 
@@ -67,14 +67,14 @@ def test_basket_ordering_on_a_small_vae_matches_the_estimator_tests():
     torch.manual_seed(0)
     data = BinarizedImageDataModule("mnist_subset", batch_size=50)
     data.setup("fit")
-    batches = [data.on_after_batch_transfer(b, 0) for _, b in zip(range(60), data.train_dataloader())]
+    batches = [data.on_after_batch_transfer(b, 0) for _, b in zip(range(31), data.train_dataloader())]
     model = BinaryVAE(estimator=RLOO(2), input_size=784, latent_sizes=[50], val_samples=2, test_samples=2)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for batch in batches[:-1]:
         optimizer.zero_grad()
         model.estimate(batch).loss.backward()
         optimizer.step()
-    basket = EstimatorVarianceBasket(["RLOO", "RLOODoubleCV", "ARM", "DisARM"], n_draws=400, adapt_steps=200)
+    basket = EstimatorVarianceBasket(["RLOO", "RLOODoubleCV", "ARM", "DisARM"], n_draws=200, adapt_steps=100)
     torch.manual_seed(3)
     variance = basket.measure(model, batches[-1])
     assert basket._basket["RLOO"] is model.estimator, "the model's own estimator is measured as trained"
