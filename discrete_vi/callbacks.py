@@ -6,12 +6,15 @@ They only log, so they do their work on the global rank 0 only (where the logger
 from __future__ import annotations
 
 import math
+from functools import partial
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from discrete_vi.checks import check_count
+from discrete_vi.checks import ConfigurationError, check_choice, check_count, check_positive
+from discrete_vi.estimators import estimators_at
 from discrete_vi.scalars import completes_optimizer_step, write_scalars
 
 
@@ -52,21 +55,131 @@ class ImageLogger(pl.Callback):
 
 class GradientVarianceMonitor(pl.Callback):
     """Every `every_n_steps` training steps, log `train/grad_variance`: the variance of the
-    estimator's gradient for the first layer's logits over `n_draws` draws on the current
-    batch at the current parameters (`BinaryLatentModule.gradient_variance`).
+    model's estimator over `n_draws` independent draws on the current batch at the current
+    parameters.
+
+    `quantity="encoder"` (default) measures it as the papers plot it: for the gradient of the
+    batch-mean ELBO w.r.t. the encoder's parameters, averaged over parameters
+    (`BinaryLatentModule.encoder_gradient_variance`); `quantity="logits"` for the per-example
+    gradient w.r.t. the first layer's logits, averaged over units and examples
+    (`BinaryLatentModule.gradient_variance`).
 
     Args:
         every_n_steps: optimizer steps between measurements.
         n_draws: independent estimates per measurement (>= 2).
+        quantity: "encoder" or "logits".
     """
 
-    def __init__(self, every_n_steps: int = 100, n_draws: int = 8):
+    def __init__(self, every_n_steps: int = 100, n_draws: int = 8, quantity: Literal["encoder", "logits"] = "encoder"):
         self.every_n_steps = check_count("every_n_steps", every_n_steps, 1)
         self.n_draws = check_count("n_draws", n_draws, 2)
+        self.quantity = check_choice("quantity", quantity, ("encoder", "logits"))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not trainer.is_global_zero or not completes_optimizer_step(trainer, batch_idx):
             return
         if trainer.global_step % self.every_n_steps == 0:
-            variance = pl_module.gradient_variance(batch, self.n_draws).item()
+            if self.quantity == "encoder":
+                variance = pl_module.encoder_gradient_variance(batch, self.n_draws).item()
+            else:
+                variance = pl_module.gradient_variance(batch, self.n_draws).item()
             write_scalars(trainer, {"train/grad_variance": variance}, trainer.global_step)
+
+
+class EstimatorVarianceBasket(pl.Callback):
+    """Every `every_n_steps` training steps, log `variance/<label>` for each estimator of a
+    basket: the encoder-parameter gradient variance (`encoder_gradient_variance`) of each, at
+    the current parameters of this one run, on the same batch, with as many evaluations of f
+    per example as the model's own estimator. This compares estimators without the confound
+    of different training trajectories (the DisARM paper's protocol).
+
+    Labels are those of `discrete_vi.estimators.estimators_at` (e.g. RLOO, RLOODoubleCV,
+    ARM, DisARM, Reinforce, Reinforce+EMA). The basket entry of the model's own estimator
+    class is the model's estimator itself (its learned state as trained). Any other entry
+    with learned state (the double-CV alpha, a moving-average baseline) is a copy of its own
+    that learns it at the current parameters before each measurement: `adapt_steps` updates
+    on the current batch (Adam at the estimator's rate times `adapt_lr_scale` for its
+    parameters), continuing from the previous measurement's state.
+
+    Args:
+        estimators: labels of the basket.
+        every_n_steps: optimizer steps between measurements.
+        n_draws: independent estimates per estimator and measurement (>= 2).
+        adapt_steps: state updates before each measurement, for estimators with learned state.
+        adapt_lr_scale: multiplies the estimator's own learning rate while adapting.
+    """
+
+    def __init__(
+        self,
+        estimators: list[str] = ("RLOO", "RLOODoubleCV", "DisARM"),
+        every_n_steps: int = 1000,
+        n_draws: int = 8,
+        adapt_steps: int = 100,
+        adapt_lr_scale: float = 10.0,
+    ):
+        available = list(estimators_at(2))
+        unknown = [name for name in estimators if name not in available]
+        if unknown or not estimators:
+            raise ConfigurationError(
+                f"unknown basket estimator(s) {unknown or '(none given)'}; choose from {', '.join(available)}"
+            )
+        self.labels = list(estimators)
+        self.every_n_steps = check_count("every_n_steps", every_n_steps, 1)
+        self.n_draws = check_count("n_draws", n_draws, 2)
+        self.adapt_steps = check_count("adapt_steps", adapt_steps, 0)
+        self.adapt_lr_scale = check_positive("adapt_lr_scale", adapt_lr_scale)
+        self._basket: dict[str, torch.nn.Module] | None = None
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    def _build(self, pl_module) -> dict:
+        own = pl_module.estimator
+        made = estimators_at(own.n_evaluations)
+        basket = {}
+        for label in self.labels:
+            candidate = made[label]
+            same = type(candidate) is type(own) and candidate.config() == own.config()
+            basket[label] = own if same else candidate.to(pl_module.device)
+            params = list(candidate.parameters())
+            if not same and params:
+                self._optimizers[label] = torch.optim.Adam(params, lr=(candidate.lr or pl_module.lr) * self.adapt_lr_scale)
+        return basket
+
+    def _adapt(self, pl_module, label: str, estimator, batch: torch.Tensor) -> None:
+        """Learn `estimator`'s state at the current model parameters on `batch` (model untouched)."""
+        optimizer = self._optimizers.get(label)
+        has_buffers = any(True for _ in estimator.buffers())
+        if optimizer is None and not has_buffers:
+            return
+        estimator.train()
+        with torch.enable_grad():
+            first_logits, layers = pl_module.stochastic_layers(batch)
+            leaf = first_logits.detach().requires_grad_(True)
+            for _ in range(self.adapt_steps):
+                loss = estimator.chain(leaf, [layer for layer in layers], partial(pl_module.objective, batch)).loss
+                if optimizer is not None:
+                    optimizer.zero_grad()
+                    grads = torch.autograd.grad(loss, list(estimator.parameters()), allow_unused=True)
+                    for param, grad in zip(estimator.parameters(), grads):
+                        param.grad = grad
+                    optimizer.step()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not trainer.is_global_zero or not completes_optimizer_step(trainer, batch_idx):
+            return
+        if trainer.global_step % self.every_n_steps:
+            return
+        values = {f"variance/{label}": value for label, value in self.measure(pl_module, batch).items()}
+        write_scalars(trainer, values, trainer.global_step)
+
+    def measure(self, pl_module, batch: torch.Tensor) -> dict[str, float]:
+        """Label -> encoder-parameter gradient variance of each basket estimator, at the model's
+        current parameters, on `batch` (after adapting learned state)."""
+        if self._basket is None:
+            self._basket = self._build(pl_module)
+        values = {}
+        batch = batch.detach()
+        for label, estimator in self._basket.items():
+            if estimator is not pl_module.estimator:
+                self._adapt(pl_module, label, estimator, batch)
+            values[label] = pl_module.encoder_gradient_variance(batch, self.n_draws, estimator).item()
+        return values

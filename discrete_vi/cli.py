@@ -4,6 +4,12 @@
     discrete-vi fit --config configs/quickstart.yaml --trainer.default_root_dir runs/a --ckpt_path last   # resume
     discrete-vi test --ckpt_path runs/a/lightning_logs/version_0/checkpoints/last.ckpt
     discrete-vi predict --ckpt_path runs/a/lightning_logs/version_0/checkpoints/last.ckpt
+    discrete-vi compare --config configs/quickstart.yaml --grid model.estimator=RLOO,DisARM \
+        --grid seed_everything=1,2 --out runs/cmp --jobs 2 -- --trainer.max_steps 20000
+    discrete-vi report runs/cmp
+
+`compare` and `report` (grids of runs and their report) are `discrete_vi.compare`'s, with
+parsers of their own; the other subcommands are LightningCLI's.
 
 Models are chosen by name or class path (`--model BinaryVAE`, `--model
 my_package.MyModel`: any `BinaryLatentModule`), estimators likewise
@@ -401,7 +407,17 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> DiscreteVICLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the `discrete-vi` console script."""
+    """Entry point of the `discrete-vi` console script. `compare` and `report` (grids of runs
+    and their report, `discrete_vi.compare`) have parsers of their own; the other subcommands
+    are LightningCLI's."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in ("compare", "report"):
+        from discrete_vi.compare.command import SUBCOMMANDS
+
+        status = SUBCOMMANDS[argv[0]](argv[1:])
+        if status:
+            raise SystemExit(status)
+        return
     run_cli(args)
 
 

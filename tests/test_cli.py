@@ -149,7 +149,7 @@ def test_missing_data_is_one_clear_error(tmp_path, monkeypatch, capsys):
     assert "binarized_mnist" in err and "download" in err
 
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("**/*.yaml"))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])

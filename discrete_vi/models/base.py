@@ -206,6 +206,62 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         estimates = -grad.float() * leaf.shape[0]
         return estimates.view(n_draws, batch.shape[0], -1).var(0).mean()
 
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters of `q(b | x)` whose gradient variance the papers plot: every trainable
+        parameter under `self.encoder` (a model without one overrides this)."""
+        return [p for name, p in self.named_parameters() if name.startswith("encoder.") and p.requires_grad]
+
+    def encoder_gradient_variance(
+        self, batch: Tensor, n_draws: int, estimator: Estimator | None = None, chunk: int = 64
+    ) -> Tensor:
+        """Variance of the estimate of `d ELBO / d theta` for the encoder's parameters `theta`
+        (`encoder_parameters()`), as the papers plot it: `n_draws` independent estimates of the
+        gradient of the batch-mean ELBO on `batch` at the current parameters, their variance per
+        parameter (unbiased, over draws), averaged over parameters. Units: (nats / unit of theta)^2.
+
+        `estimator` (default: the model's) is called in eval mode, so its learned state does not
+        change; no `.grad` is touched. With one stochastic layer the draws are batched: one
+        estimator call on the batch repeated `n_draws` times gives each draw's gradient for the
+        logits, chained to `theta` by one batched vector-Jacobian product (f sees detached
+        logits, so theta reaches the loss only through the logits). With several layers each
+        draw is its own estimator call. `chunk` draws are batched at once (memory: chunk x parameters).
+        """
+        estimator = self.estimator if estimator is None else estimator
+        params = self.encoder_parameters()
+        if not params:
+            raise ConfigurationError(f"{type(self).__name__} has no encoder parameters (encoder_parameters() is empty)")
+        was_training = estimator.training
+        estimator.eval()
+        try:
+            with torch.enable_grad():
+                first_logits, layers = self.stochastic_layers(batch)
+                if layers:
+                    draws = [self._draw_gradient(estimator, batch, first_logits, layers, params) for _ in range(n_draws)]
+                    estimates = torch.stack(draws)
+                    return estimates.var(0).mean()
+                total, total_sq = 0.0, 0.0
+                for start in range(0, n_draws, chunk):  # memory: chunk x n_params
+                    draws = min(chunk, n_draws - start)
+                    repeated = batch.repeat(draws, *([1] * (batch.dim() - 1)))
+                    leaf = first_logits.detach().repeat(draws, 1).requires_grad_(True)
+                    loss = estimator.chain(leaf, [], partial(self.objective, repeated)).loss
+                    (grad,) = torch.autograd.grad(loss, leaf)
+                    per_draw = (grad * draws).view(draws, *first_logits.shape).to(first_logits.dtype)
+                    grads = torch.autograd.grad(first_logits, params, grad_outputs=per_draw, is_grads_batched=True,
+                                                retain_graph=True)
+                    estimates = -torch.cat([g.reshape(draws, -1).double() for g in grads], 1)
+                    total, total_sq = total + estimates.sum(0), total_sq + estimates.square().sum(0)
+        finally:
+            estimator.train(was_training)
+        variance = (total_sq - total.square() / n_draws) / (n_draws - 1)  # unbiased, per parameter
+        return variance.mean().float()
+
+    def _draw_gradient(self, estimator, batch, first_logits, layers, params) -> Tensor:
+        """One estimate of `d ELBO / d theta`, flattened `[n_params]` (one estimator call)."""
+        loss = estimator.chain(first_logits, layers, partial(self.objective, batch)).loss
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return -torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).float() for g, p in zip(grads, params)])
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """One Adam over the model's `parameter_groups()` and a group for the estimator's own
         parameters (at the estimator's rate, else the model's). Fused Adam (one kernel for all

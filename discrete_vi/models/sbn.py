@@ -67,6 +67,10 @@ class SigmoidBeliefNet(BinaryLatentModule):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         self.output = nn.Linear(latent_sizes[-1], input_size - half)
 
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The stochastic layers' maps (the net's `q`-side: upper half -> b_1 -> b_2 ...)."""
+        return [p for p in self.layers.parameters() if p.requires_grad]
+
     def stochastic_layers(self, batch: Tensor):
         upper, _ = split_upper_lower(batch)
         return self.layers[0](upper), list(self.layers[1:])

@@ -1,0 +1,191 @@
+"""`discrete-vi compare` and `discrete-vi report`: their parsers and what they do.
+
+    discrete-vi compare --config configs/quickstart.yaml \\
+        --grid model.estimator=RLOO,RLOODoubleCV,DisARM --grid seed_everything=1,2,3 \\
+        --out runs/my_comparison --jobs 2 -- --trainer.max_steps 20000
+    discrete-vi report runs/my_comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+from discrete_vi.compare.grid import GridError, expand, parse_grid
+from discrete_vi.compare.runner import Job, Outcome, cpu_count, is_done, run_local, run_ray, threads_per_job
+
+PROG = "discrete-vi"
+
+
+def fail(message: str) -> None:
+    """One line on stderr, exit status 2 (as the rest of the command line)."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # noqa: D401 (argparse's signature)
+        fail(f"{message} (see {self.prog} --help)")
+
+
+def compare_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog=f"{PROG} compare",
+        description=(
+            "Run a grid of `discrete-vi fit` runs (then `test` on each run's last checkpoint), N at once "
+            "or on a Ray cluster, and write a report (results.csv, report.md, plots) in OUT. Calling it "
+            "again reuses finished runs, resumes interrupted ones from their last checkpoint and runs what "
+            "is missing. Options after `--` go to every run's fit."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  discrete-vi compare --config configs/quickstart.yaml --grid model.estimator=RLOO,DisARM \\\n"
+               "      --grid seed_everything=1,2,3 --out runs/cmp --jobs 2 -- --trainer.max_steps 20000",
+    )
+    parser.add_argument("-c", "--config", action="append", default=[], help="fit config file(s), as for `fit --config`")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="any fit option and its values (repeatable; the cross product is run). Values with "
+                             "commas inside brackets stay whole, e.g. 'model.estimator=RLOO,{class_path: Reinforce, "
+                             "init_args: {baseline: ema}}'")
+    parser.add_argument("--out", required=True, help="folder of the comparison: one sub-folder per run, and the report")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (torch threads per run: cores // jobs)")
+    parser.add_argument("--launcher", choices=("local", "ray"), default="local",
+                        help="local: a pool of processes on this machine; ray: tasks on a Ray cluster (pip install 'discrete-vi[ray]')")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster address (e.g. auto, ray://head:10001); default: start a local Ray")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default: cores // jobs locally, 1 with Ray)")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs and their commands, run nothing")
+    return parser
+
+
+def report_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog=f"{PROG} report",
+        description="Write results.csv, report.md and the plots for a folder of runs (each holding lightning_logs/).",
+    )
+    parser.add_argument("out", help="folder of runs (e.g. a `discrete-vi compare --out` folder)")
+    return parser
+
+
+def split_extra(args: list[str]) -> tuple[list[str], list[str]]:
+    """Own options, and the ones after `--` (for every run's fit)."""
+    if "--" in args:
+        index = args.index("--")
+        return args[:index], args[index + 1:]
+    return args, []
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class ProgressPrinter:
+    """One line per run as it starts and ends (name, final train ELBO, steps/s, wall time) and an
+    overall count, on stdout."""
+
+    def __init__(self, total: int):
+        self.total, self.finished, self.failed = total, 0, 0
+
+    def __call__(self, event: str, job: Job, outcome: Outcome | None) -> None:
+        if event == "start":
+            print(f"[{self.finished}/{self.total} done] start  {job.name}", flush=True)
+            return
+        self.finished += 1
+        self.failed += outcome.status == "failed"
+        count = f"[{self.finished}/{self.total} done{f', {self.failed} failed' if self.failed else ''}]"
+        if outcome.status == "failed":
+            print(f"{count} FAILED {job.name}: {outcome.message} (log: {outcome.log})", flush=True)
+            return
+        print(f"{count} {outcome.status:<6} {job.name}: {self._numbers(job, outcome)}", flush=True)
+
+    @staticmethod
+    def _numbers(job: Job, outcome: Outcome) -> str:
+        from discrete_vi.compare.report import read_run, summarize
+
+        run = read_run(Path(job.folder))
+        if run is None:
+            return "no logs"
+        numbers = summarize(run)
+        wall = numbers["wall_s"] if not math.isnan(numbers["wall_s"]) else outcome.seconds
+        return (f"train ELBO {numbers['train_elbo']:.2f}, test bound {numbers['test_bound']:.2f}, "
+                f"{numbers['steps_per_s']:.1f} steps/s, {format_seconds(wall)}")
+
+
+def compare(argv: list[str]) -> int:
+    own, extra = split_extra(argv)
+    options = compare_parser().parse_args(own)
+    if options.jobs < 1:
+        fail(f"--jobs must be >= 1, got {options.jobs}")
+    if options.threads is not None and options.threads < 1:
+        fail(f"--threads must be >= 1, got {options.threads}")
+    for config in options.config:
+        if not Path(config).is_file():
+            fail(f"config file {config} does not exist")
+    try:
+        runs = expand(parse_grid(options.grid))
+    except GridError as error:
+        fail(str(error))
+    out = Path(options.out)
+    base = [arg for config in options.config for arg in ("--config", str(Path(config).resolve()))]
+    if options.launcher == "ray":
+        threads = options.threads or 1
+    else:
+        threads = options.threads or threads_per_job(options.jobs)
+    jobs = [Job(run.name, str(out / run.name), run.values, [*base, *run.args, *extra], threads) for run in runs]
+    if options.dry_run:
+        for job in jobs:
+            print(f"{job.name}: discrete-vi fit {' '.join(job.fit_args)} --trainer.default_root_dir {job.folder} --ckpt_path last")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    reused = sum(is_done(job.folder) for job in jobs)
+    where = (f"Ray ({options.ray_address or 'local'})" if options.launcher == "ray"
+             else f"{options.jobs} at once, {threads} torch thread(s) each, {cpu_count()} cores")
+    print(f"{PROG} compare: {len(jobs)} runs ({reused} finished already) in {out}, {where}", flush=True)
+    progress = ProgressPrinter(len(jobs))
+    start = time.time()
+    if options.launcher == "ray":
+        try:
+            outcomes = run_ray(jobs, options.ray_address, progress)
+        except RuntimeError as error:
+            fail(str(error))
+    else:
+        outcomes = run_local(jobs, options.jobs, progress)
+    failed = [o for o in outcomes if o.status == "failed"]
+    print(f"{PROG} compare: {len(outcomes) - len(failed)} of {len(outcomes)} runs finished "
+          f"({sum(o.status == 'reused' for o in outcomes)} reused) in {format_seconds(time.time() - start)}", flush=True)
+    write_and_say(out)
+    if failed:
+        print(f"{PROG} compare: {len(failed)} run(s) failed:", file=sys.stderr)
+        for outcome in failed:
+            print(f"  {outcome.name}: {outcome.message}\n    log: {outcome.log}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_and_say(out: Path) -> None:
+    from discrete_vi.compare.report import write_report
+
+    runs, written = write_report(out)
+    print(f"{PROG} report: {len(runs)} runs -> {', '.join(str(p) for p in written)}", flush=True)
+
+
+def report(argv: list[str]) -> int:
+    options = report_parser().parse_args(argv)
+    out = Path(options.out)
+    if not out.is_dir():
+        fail(f"{out} is not a folder of runs")
+    from discrete_vi.compare.report import find_runs
+
+    if not find_runs(out):
+        fail(f"no runs in {out}: expected sub-folders holding lightning_logs/ (or {out}/lightning_logs itself)")
+    write_and_say(out)
+    return 0
+
+
+SUBCOMMANDS = {"compare": compare, "report": report}
