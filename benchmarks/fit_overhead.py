@@ -14,10 +14,12 @@ batch 100, Adam 1e-3, on full MNIST with dynamic binarization.
 - `matmul floor`: the matrix products of one bare step (shapes recorded by the
   torch profiler), timed alone.
 
-Loops alternate in rounds (every loop once per round), each timed after
-`--warmup` steps; the table gives the median over rounds and the median of
-the per-round ratios to the bare loop, all from this one run (less sensitive
-to a shared machine's drift than separate runs).
+Loops alternate in rounds (every loop once per round), each in a fresh
+process (compiled code's OpenMP threads would slow the eager loops that
+follow in the same process), each timed after `--warmup` steps; the table
+gives the median over rounds and the median of the per-round ratios to the
+bare loop, all from this one run (less sensitive to a shared machine's drift
+than separate runs).
 
     python benchmarks/fit_overhead.py [--networks linear nonlinear] [--steps 200] [--rounds 3]
 """
@@ -25,7 +27,10 @@ to a shared machine's drift than separate runs).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -152,6 +157,22 @@ def matmul_floor(bare: BareLoop, steps: int, clock) -> tuple[float, list]:
     return (clock() - start) / steps * 1e3, [(a, b) for _, a, b in shapes]
 
 
+def measure(loop: str, network: str, args, clock) -> dict:
+    """One loop's ms/step (and seconds before the timed steps), in this process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "data"
+        (root / "mnist").mkdir(parents=True)
+        for file in args.mnist.resolve().glob("*-ubyte.gz"):
+            (root / "mnist" / file.name).symlink_to(file)
+        if loop.startswith("framework"):
+            ms, before = framework_ms(root, network, args.steps, args.warmup, Path(tmp) / "logs", clock,
+                                      args.log_every, compile=loop == "framework compiled")
+            return {"ms": ms, "before_s": before}
+        bare = BareLoop(torch.as_tensor(load_splits("mnist", root).train), network)
+        ms = bare.ms(args.steps, args.warmup, clock)
+        return {"ms": ms if loop == "bare eager" else matmul_floor(bare, args.steps, clock)[0]}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mnist", type=Path, default=REPO.parent / "shared" / "data" / "mnist",
@@ -165,6 +186,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or this thread's CPU time (needs --threads 1; steadier on a shared machine)")
+    parser.add_argument("--one", nargs=2, metavar=("LOOP", "NETWORK"), help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args(argv)
     if args.steps + args.warmup > 500:
         parser.error("--steps + --warmup must be at most 500 (one epoch of 50,000 images at batch 100)")
@@ -174,41 +196,39 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.thread_time
     warnings.filterwarnings("ignore")
+    if args.one:
+        print(json.dumps(measure(*args.one, args, clock)))
+        return
     loops = ["framework", *([] if args.no_compile else ["framework compiled"]), "bare eager", "matmul floor"]
+    passed = [f"--mnist={args.mnist}", f"--steps={args.steps}", f"--warmup={args.warmup}",
+              f"--log-every={args.log_every}", f"--clock={args.clock}",
+              *([f"--threads={args.threads}"] if args.threads else [])]
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "data"
-        (root / "mnist").mkdir(parents=True)
-        for file in args.mnist.resolve().glob("*-ubyte.gz"):
-            (root / "mnist" / file.name).symlink_to(file)
-        train_images = torch.as_tensor(load_splits("mnist", root).train)
-        for network in args.networks:
-            times = {loop: [] for loop in loops}
-            compile_seconds = []
-            for round_index in range(args.rounds):
-                logs = Path(tmp) / f"logs-{network}-{round_index}"
-                times["framework"].append(
-                    framework_ms(root, network, args.steps, args.warmup, logs / "eager", clock, args.log_every)[0])
-                if "framework compiled" in times:
-                    ms, before = framework_ms(root, network, args.steps, args.warmup, logs / "compiled", clock,
-                                              args.log_every, compile=True)
-                    times["framework compiled"].append(ms)
-                    compile_seconds.append(before)
-                bare = BareLoop(train_images, network)
-                times["bare eager"].append(bare.ms(args.steps, args.warmup, clock))
-                times["matmul floor"].append(matmul_floor(bare, args.steps, clock)[0])
+    for network in args.networks:
+        times = {loop: [] for loop in loops}
+        compile_seconds = []
+        for _ in range(args.rounds):
             for loop in loops:
-                ratios = [t / b for t, b in zip(times[loop], times["bare eager"])]
-                rows.append((network, loop, statistics.median(times[loop]), statistics.median(ratios),
-                             [round(r, 2) for r in ratios]))
-            if compile_seconds:
-                rows.append((network, "(compile + warm-up, s)", statistics.median(compile_seconds), None, []))
-    print(f"\ntorch={torch.__version__} threads={torch.get_num_threads()} clock={args.clock} steps={args.steps} "
-          f"warmup={args.warmup} rounds={args.rounds} log_every={args.log_every} batch={BATCH} K={K}")
+                child = subprocess.run([sys.executable, __file__, "--one", loop, network, *passed],
+                                       capture_output=True, text=True, check=True)
+                result = json.loads(child.stdout.strip().splitlines()[-1])
+                times[loop].append(result["ms"])
+                if loop == "framework compiled":
+                    compile_seconds.append(result["before_s"])
+        for loop in loops:
+            ratios = [t / b for t, b in zip(times[loop], times["bare eager"])]
+            rows.append((network, loop, statistics.median(times[loop]), statistics.median(ratios),
+                         [round(r, 2) for r in ratios]))
+        if compile_seconds:
+            rows.append((network, "(compile + warm-up, s)", statistics.median(compile_seconds), None,
+                         [round(s, 1) for s in compile_seconds]))
+    print(f"\ntorch={torch.__version__} threads={args.threads or torch.get_num_threads()} clock={args.clock} "
+          f"steps={args.steps} warmup={args.warmup} rounds={args.rounds} log_every={args.log_every} "
+          f"batch={BATCH} K={K}")
     print(f"{'network':<11}{'loop':<24}{'ms/step':>9}{'vs bare':>9}  per-round ratios")
     for network, loop, ms, ratio, ratios in rows:
         if ratio is None:
-            print(f"{network:<11}{loop:<24}{ms:>9.1f}")
+            print(f"{network:<11}{loop:<24}{ms:>9.1f}           per round: {ratios}")
         else:
             print(f"{network:<11}{loop:<24}{ms:>9.2f}{ratio:>8.2f}x  {ratios}")
 

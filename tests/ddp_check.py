@@ -37,6 +37,6 @@ if __name__ == "__main__":
         "--model.val_samples", "5", "--data.batch_size", "25",
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2",
         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-        "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", out,
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", out,
         "--trainer.callbacks+=ddp_check.RecordRank", f"--trainer.callbacks.out_dir={out}",
     ])

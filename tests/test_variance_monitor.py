@@ -89,8 +89,9 @@ def test_unknown_basket_estimator_is_one_clear_error(tmp_path, monkeypatch, caps
         run_cli(["fit", *TINY, "--trainer.callbacks+=discrete_vi.callbacks.EstimatorVarianceBasket",
                  "--trainer.callbacks.estimators", "[RLOO, NoSuch]"])
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("discrete-vi: error:")]
     assert len(err) == 1 and "NoSuch" in err[0] and "RLOODoubleCV" in err[0], err
+    assert not (tmp_path / "lightning_logs").exists()
 
 
 def test_prior_lr_zero_keeps_the_prior_fixed(tmp_path, monkeypatch):
