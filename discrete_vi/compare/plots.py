@@ -117,24 +117,22 @@ def plot_gradient_variance(runs, keys, path: Path, tag: str = "train/grad_varian
         return None
     fig, ax = plt.subplots(figsize=(10, 4.6), dpi=120)
     for i, (label, members) in enumerate(_groups(with_var, keys).items()):
-        steps = sorted({s for r in members for s in r.scalars[tag][0]})
-        index = {s: j for j, s in enumerate(steps)}
-        curves = np.full((len(members), len(steps)), np.nan)
-        for row, r in enumerate(members):
-            for s, v in zip(*r.scalars[tag][:2]):
-                curves[row, index[s]] = math.log10(v) if v > 0 else np.nan
+        steps, curves = _log10_curves(members, tag)
         _band(ax, np.asarray(steps, dtype=float), curves, colour_for(plt, label, i), label, log10=True)
-    ax.set_xlabel("training step")
-    ax.set_yscale("log")
-    ax.set_ylabel("gradient variance (nats², log scale)\nmean over encoder parameters")
-    ax.set_title(title or "Gradient variance along each run (encoder parameters)\n"
-                 "line: geometric mean over seeds, band: min-max", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    _legend(ax)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_variance_figure(plt, fig, ax, path, title or "Gradient variance along each run (encoder parameters)\n"
+                                 "line: geometric mean over seeds, band: min-max")
+
+
+def _log10_curves(members, tag: str):
+    """Steps logged by any of `members` for `tag`, and each member's log10 values on them
+    (`[len(members), len(steps)]`, nan where a run did not log that step or the value is not positive)."""
+    steps = sorted({s for r in members for s in r.scalars[tag][0]})
+    index = {s: j for j, s in enumerate(steps)}
+    curves = np.full((len(members), len(steps)), np.nan)
+    for row, r in enumerate(members):
+        for s, v in zip(*r.scalars[tag][:2]):
+            curves[row, index[s]] = math.log10(v) if v > 0 else np.nan
+    return steps, curves
 
 
 def plot_basket(runs, path: Path) -> Path | None:
@@ -150,18 +148,18 @@ def plot_basket(runs, path: Path) -> Path | None:
     for i, tag in enumerate(tags):
         members = [r for r in runs if r.scalars.get(tag, ([],))[0]]
         n_runs = max(n_runs, len(members))
-        steps = sorted({s for r in members for s in r.scalars[tag][0]})
-        index = {s: j for j, s in enumerate(steps)}
-        curves = np.full((len(members), len(steps)), np.nan)
-        for row, r in enumerate(members):
-            for s, v in zip(*r.scalars[tag][:2]):
-                curves[row, index[s]] = math.log10(v) if v > 0 else np.nan
+        steps, curves = _log10_curves(members, tag)
         _band(ax, np.asarray(steps, dtype=float), curves, colour_for(plt, tag.split("/", 1)[1], i), tag.split("/", 1)[1], log10=True)
+    return _save_variance_figure(plt, fig, ax, path, "Variance basket: every estimator at the same parameters and batch\n"
+                                 f"line: geometric mean over {n_runs} runs, band: min-max")
+
+
+def _save_variance_figure(plt, fig, ax, path: Path, title: str) -> Path:
+    """Log-scale variance axes with their labels, title, grid and legend; saved to `path`."""
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("gradient variance (nats², log scale)\nmean over encoder parameters")
-    ax.set_title(f"Variance basket: every estimator at the same parameters and batch\n"
-                 f"line: geometric mean over {n_runs} runs, band: min-max", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     _legend(ax)
     fig.tight_layout()

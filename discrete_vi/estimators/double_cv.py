@@ -41,10 +41,26 @@ from discrete_vi.estimators.base import (
 )
 
 
-class _BackwardInputs:
+class BackwardInputs:
     """What the backward pass needs that only exists after the forward call."""
 
     f_values: Tensor | None = None
+
+
+def linked_estimate(logits: Tensor, n_samples: int, f: ChainObjective, link) -> EstimatorOutput:
+    """The forward pass of the estimators that form `g` in the backward pass of `f` (double CV,
+    RODEO): draw `n_samples` samples `[K, B, D]`, pass them through `link(samples, pending)` (an
+    identity autograd Function returning the linked samples and a zero-valued probe of the loss's
+    upstream scale), call `f` once on them, and hand `f`'s values to the backward pass in `pending`."""
+    batch_size = logits.shape[0]
+    samples, _ = draw_bernoulli(logits.expand(n_samples, *logits.shape))
+    pending = BackwardInputs()
+    linked, probe = link(samples, pending)
+    f_values = evaluate_objective(f, (n_samples, batch_size), [linked], [logits.detach().float()])
+    values = f_values.detach().float()
+    pending.f_values = values
+    loss = -f_values.float().mean() + probe
+    return EstimatorOutput(loss=loss, f_values=values, samples=[samples])
 
 
 def double_cv_terms(f_values: Tensor, samples: Tensor, theta: Tensor, grads: Tensor) -> tuple[Tensor, Tensor]:
@@ -71,7 +87,7 @@ class _DoubleCVLink(torch.autograd.Function):
     """Identity on the samples whose backward forms the double-CV gradient."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, alpha: Tensor, samples: Tensor, pending: _BackwardInputs):
+    def forward(ctx, logits: Tensor, alpha: Tensor, samples: Tensor, pending: BackwardInputs):
         ctx.pending = pending
         ctx.set_materialize_grads(False)  # an output the loss does not reach gets None, not zeros
         ctx.save_for_backward(logits, alpha, samples)
@@ -119,15 +135,7 @@ class RLOODoubleCV(Estimator):
 
     def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
         self.check_chain(logits, layers)  # one layer only
-        batch_size = logits.shape[0]
-        samples, _ = draw_bernoulli(logits.expand(self.n_samples, *logits.shape))
-        pending = _BackwardInputs()
-        linked, probe = _DoubleCVLink.apply(logits, self.alpha, samples, pending)
-        f_values = evaluate_objective(f, (self.n_samples, batch_size), [linked], [logits.detach().float()])
-        values = f_values.detach().float()
-        pending.f_values = values
-        loss = -f_values.float().mean() + probe
-        return EstimatorOutput(loss=loss, f_values=values, samples=[samples])
+        return linked_estimate(logits, self.n_samples, f, lambda b, pending: _DoubleCVLink.apply(logits, self.alpha, b, pending))
 
     def logged_state(self) -> dict[str, Tensor]:
         return {"alpha": self.alpha.detach()}

@@ -51,15 +51,10 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from discrete_vi.bernoulli import LogitsLayer, draw_bernoulli
+from discrete_vi.bernoulli import LogitsLayer
 from discrete_vi.checks import ConfigurationError, check_choice, check_count, check_positive
-from discrete_vi.estimators.base import (
-    ChainObjective,
-    Estimator,
-    EstimatorOutput,
-    evaluate_objective,
-    float32_arithmetic,
-)
+from discrete_vi.estimators.base import ChainObjective, Estimator, EstimatorOutput, float32_arithmetic
+from discrete_vi.estimators.double_cv import BackwardInputs, linked_estimate
 
 
 class SteinControlNetwork(nn.Module):
@@ -117,17 +112,11 @@ def stein_controls(
     return c, v, r_centre.unsqueeze(-1) * scores
 
 
-class _BackwardInputs:
-    """What the backward pass needs that only exists after the forward call."""
-
-    f_values: Tensor | None = None
-
-
 class _RodeoLink(torch.autograd.Function):
     """Identity on the samples whose backward forms the RODEO gradient and the controls' gradients."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, samples: Tensor, pending: _BackwardInputs, estimator: "RODEO", *params: Tensor):
+    def forward(ctx, logits: Tensor, samples: Tensor, pending: BackwardInputs, estimator: "RODEO", *params: Tensor):
         ctx.pending, ctx.estimator, ctx.n_params = pending, estimator, len(params)
         ctx.set_materialize_grads(False)  # an output the loss does not reach gets None, not zeros
         ctx.save_for_backward(logits, samples)
@@ -221,15 +210,8 @@ class RODEO(Estimator):
 
     def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
         self.check_chain(logits, layers)  # one layer only
-        batch_size = logits.shape[0]
-        samples, _ = draw_bernoulli(logits.expand(self.n_samples, *logits.shape))
-        pending = _BackwardInputs()
-        linked, probe = _RodeoLink.apply(logits, samples, pending, self, *self.parameters())
-        f_values = evaluate_objective(f, (self.n_samples, batch_size), [linked], [logits.detach().float()])
-        values = f_values.detach().float()
-        pending.f_values = values
-        loss = -f_values.float().mean() + probe
-        return EstimatorOutput(loss=loss, f_values=values, samples=[samples])
+        link = lambda b, pending: _RodeoLink.apply(logits, b, pending, self, *self.parameters())  # noqa: E731
+        return linked_estimate(logits, self.n_samples, f, link)
 
     def logged_state(self) -> dict[str, Tensor]:
         return {"alpha": self.alpha.detach(), "beta": self.beta.detach()}
