@@ -81,14 +81,18 @@ def complete_chain(chain: ChainSample, layers: Sequence[LogitsLayer], tie_halves
             return ChainSample(logits, samples, uniforms)
         layer_index = len(samples) - 1
         phi = layers[layer_index](samples[-1])
-        previous = samples[-1]
-        if not isinstance(phi, Tensor) or phi.dim() != 3 or phi.shape[:2] != previous.shape[:2]:
-            got = list(phi.shape) if isinstance(phi, Tensor) else type(phi).__name__
-            raise ValueError(
-                f"layer {layer_index + 2} logits must have shape [N, B, D] = "
-                f"[{previous.shape[0]}, {previous.shape[1]}, D], got {got}"
-            )
+        check_layer_logits(phi, samples[-1], layer_index + 2)
         logits.append(phi)
+
+
+def check_layer_logits(phi, previous: Tensor, layer_number: int) -> None:
+    """Raise ValueError unless a layer map returned logits `[N, B, D]` for samples `previous` `[N, B, D_prev]`."""
+    if not isinstance(phi, Tensor) or phi.dim() != 3 or phi.shape[:2] != previous.shape[:2]:
+        got = list(phi.shape) if isinstance(phi, Tensor) else type(phi).__name__
+        raise ValueError(
+            f"layer {layer_number} logits must have shape [N, B, D] = "
+            f"[{previous.shape[0]}, {previous.shape[1]}, D], got {got}"
+        )
 
 
 def sample_chain(first_logits: Tensor, layers: Sequence[LogitsLayer], n_samples: int) -> ChainSample:

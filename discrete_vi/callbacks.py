@@ -155,7 +155,7 @@ class EstimatorVarianceBasket(pl.Callback):
             first_logits, layers = pl_module.stochastic_layers(batch)
             leaf = first_logits.detach().requires_grad_(True)
             for _ in range(self.adapt_steps):
-                loss = estimator.chain(leaf, [layer for layer in layers], partial(pl_module.objective, batch)).loss
+                loss = estimator.chain(leaf, layers, partial(pl_module.objective, batch)).loss
                 if optimizer is not None:
                     optimizer.zero_grad()
                     grads = torch.autograd.grad(loss, list(estimator.parameters()), allow_unused=True)

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from discrete_vi.bernoulli import LogitsLayer, draw_bernoulli
+from discrete_vi.bernoulli import LogitsLayer, check_layer_logits, draw_bernoulli
 from discrete_vi.checks import ConfigurationError, check_count
 from discrete_vi.estimators.base import (
     ChainObjective,
@@ -67,12 +67,7 @@ class StraightThroughEstimator(Estimator):
         for depth in range(len(layers) + 1):
             if depth > 0:
                 phi = layers[depth - 1](linked[-1])
-                if not isinstance(phi, Tensor) or phi.dim() != 3 or phi.shape[:2] != linked[-1].shape[:2]:
-                    got = list(phi.shape) if isinstance(phi, Tensor) else type(phi).__name__
-                    raise ValueError(
-                        f"layer {depth + 1} logits must have shape [N, B, D] = "
-                        f"[{self.n_samples}, {batch_size}, D], got {got}"
-                    )
+                check_layer_logits(phi, linked[-1], depth + 1)
             b, u = draw_bernoulli(phi)
             with float32_arithmetic(logits.device):
                 soft = self.relaxed(phi.float(), b, u)
