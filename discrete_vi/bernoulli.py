@@ -9,6 +9,7 @@ layer `l`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -24,26 +25,64 @@ def bernoulli_log_prob(samples: Tensor, logits: Tensor) -> Tensor:
 
     Logits of the full shape (a decoder's output) go through torch's fused
     binary cross-entropy; smaller logits (`[B, D]` against samples `[K, B, D]`,
-    or a prior's `[D]`) get their softplus term on their own shape: one pass, not K.
+    a prior's `[D]`, or such logits expanded to `[K, B, D]`) get their softplus
+    term on their own shape: one pass, not K.
     """
+    logits = smallest_view(logits)  # e.g. first-layer logits expanded to K samples: their softplus once
     if logits.dim() >= samples.dim() and logits.shape[logits.dim() - samples.dim() :] == samples.shape:
         target = samples.expand_as(logits).to(logits.dtype)
         return -nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
     return (samples * logits).sum(-1) - nn.functional.softplus(logits).sum(-1)
 
 
+def uniform(shape: Sequence[int], device: torch.device | str = "cpu", bits: int = 24,
+            generator: torch.Generator | None = None) -> Tensor:
+    """Float32 uniforms of `shape` on `device`, from torch's random stream of that device.
+
+    bits=24: `k / 2^24`, `k` uniform on `0 .. 2^24 - 1` (torch.rand's values).
+    bits=16: `(k + 1/2) / 2^16`, `k` uniform on `0 .. 2^16 - 1` (never 0 or 1).
+
+    On a CPU the draws are taken as 64-bit words and split (two or four values
+    per word): torch's CPU generator costs about the same per call whatever the
+    width, so this is 1.5-3x faster than `torch.rand` for the same values'
+    distribution. Other devices use `torch.rand` (24 bits).
+    """
+    device = torch.device(device)
+    if device.type != "cpu":
+        return torch.rand(tuple(shape), device=device, generator=generator)
+    count = math.prod(shape)
+    per_word = 2 if bits == 24 else 4
+    if bits not in (16, 24):
+        raise ValueError(f"bits must be 16 or 24, got {bits}")
+    words = torch.empty(-(-count // per_word), dtype=torch.int64).random_(-(2**63), None, generator=generator)
+    if bits == 24:
+        return torch.mul(words.view(torch.int32)[:count].view(tuple(shape)) & 0xFFFFFF, 2.0**-24)
+    # int16 k_s = k - 2^15: (k + 1/2) / 2^16 = k_s / 2^16 + 1/2 + 1/2^17, exact in float32.
+    return torch.mul(words.view(torch.int16)[:count].view(tuple(shape)), 2.0**-16).add_(0.5 + 2.0**-17)
+
+
+def smallest_view(tensor: Tensor) -> Tensor:
+    """`tensor` without the leading dimensions it was expanded along (stride 0), kept as size 1:
+    the same values under broadcasting, for elementwise work done once instead of K times."""
+    strides = tensor.stride()
+    if 0 not in strides:
+        return tensor
+    return tensor[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in strides)]
+
+
 def draw_bernoulli(logits: Tensor, tie_halves: bool = False) -> tuple[Tensor, Tensor]:
-    """Samples `1[u < sigmoid(logits)]` and their uniforms `u`: float32 tensors of `logits`' shape and device.
+    """Samples `1[u < sigmoid(logits)]` and their uniforms `u` (`uniform`, 24 bits): float32 tensors of
+    `logits`' shape and device.
 
     tie_halves: the first and second half of dim 0 share their uniforms
         (common random numbers for the two branches of antithetic pairs).
     """
     shape = logits.shape
     if tie_halves:
-        uniforms = torch.rand((shape[0] // 2, *shape[1:]), device=logits.device).repeat(2, *([1] * (len(shape) - 1)))
+        uniforms = uniform((shape[0] // 2, *shape[1:]), logits.device).repeat(2, *([1] * (len(shape) - 1)))
     else:
-        uniforms = torch.rand(shape, device=logits.device)
-    samples = (uniforms < torch.sigmoid(logits.detach().float())).float()
+        uniforms = uniform(shape, logits.device)
+    samples = (uniforms < torch.sigmoid(smallest_view(logits.detach()).float())).float()
     return samples, uniforms
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint, ProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import BasePredictionWriter, ProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
@@ -48,6 +48,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from discrete_vi.checkpoints import (
     LOGS_FOLDER,
     AtomicCheckpointIO,
+    RunCheckpoint,
     find_last_checkpoint,
     find_run_without_checkpoint,
     read_checkpoint,
@@ -254,8 +255,8 @@ class DiscreteVICLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "last_checkpoint")
         parser.set_defaults({**CHECKPOINT_DEFAULTS, "model": {"class_path": "discrete_vi.models.BinaryVAE"}})
         parser.link_arguments("data.input_size", "model.init_args.input_size", apply_on="instantiate")
 

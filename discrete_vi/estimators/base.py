@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from discrete_vi.bernoulli import LogitsLayer
+from discrete_vi.bernoulli import LogitsLayer, smallest_view
 from discrete_vi.checks import ConfigurationError, NonFiniteObjectiveError, check_count  # noqa: F401 (check_count: re-exported)
 
 Objective = Callable[[Tensor], Tensor]
@@ -97,8 +97,14 @@ def surrogate_loss(f_values: Tensor, logits: Sequence[Tensor], gradients: Sequen
     logits/gradients: matching tensors (`[B, D]` or `[N, B, D]`); each
         gradient is detached float32 and is summed against its logits.
     """
-    linear = sum((g.detach() * phi.float()).sum() for phi, g in zip(logits, gradients))
+    linear = sum((_summed_to(g.detach(), small) * small.float()).sum()
+                 for small, g in ((smallest_view(phi), g) for phi, g in zip(logits, gradients)))
     return -(f_values.float().mean() + (linear - linear.detach()) / batch_size)
+
+
+def _summed_to(gradient: Tensor, logits: Tensor) -> Tensor:
+    """`gradient` summed over the dimensions along which `logits` broadcast to it."""
+    return gradient if gradient.shape == logits.shape else gradient.sum_to_size(logits.shape)
 
 
 class Estimator(nn.Module, abc.ABC):

@@ -14,7 +14,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from discrete_vi.bernoulli import LogitsLayer, sample_chain
+from discrete_vi.bernoulli import LogitsLayer, sample_chain, smallest_view
 from discrete_vi.checks import ConfigurationError, check_choice, check_count
 from discrete_vi.estimators.base import (
     ChainObjective,
@@ -55,7 +55,7 @@ class ScoreFunctionEstimator(Estimator):
         with float32_arithmetic(logits.device):
             values = f_values.detach().float()
             weights = self.sample_weights(values).unsqueeze(-1)
-            gradients = [weights * (b - torch.sigmoid(phi)) for b, phi in zip(sample.samples, detached)]
+            gradients = [weights * (b - torch.sigmoid(smallest_view(phi))) for b, phi in zip(sample.samples, detached)]
             loss = surrogate_loss(f_values, sample.logits, gradients, batch_size)
             if self.updates_state():
                 self.update_state(values)
