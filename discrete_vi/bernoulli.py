@@ -45,7 +45,9 @@ def uniform(shape: Sequence[int], device: torch.device | str = "cpu", bits: int 
     On a CPU the draws are taken as 64-bit words and split (two or four values
     per word): torch's CPU generator costs about the same per call whatever the
     width, so this is 1.5-3x faster than `torch.rand` for the same values'
-    distribution. Other devices use `torch.rand` (24 bits).
+    distribution. Other devices use `torch.rand` (24 bits). Compiled code draws
+    the same words without a graph break (with inductor's `fallback_random`,
+    the very same values as eager).
     """
     device = torch.device(device)
     if device.type != "cpu":
@@ -54,7 +56,8 @@ def uniform(shape: Sequence[int], device: torch.device | str = "cpu", bits: int 
     per_word = 2 if bits == 24 else 4
     if bits not in (16, 24):
         raise ValueError(f"bits must be 16 or 24, got {bits}")
-    words = torch.empty(-(-count // per_word), dtype=torch.int64).random_(-(2**63), None, generator=generator)
+    # 64 random bits per word (randint over the whole int64 range: one value of 2^64 missing).
+    words = torch.randint(-(2**63), 2**63 - 1, (-(-count // per_word),), generator=generator)
     if bits == 24:
         return torch.mul(words.view(torch.int32)[:count].view(tuple(shape)) & 0xFFFFFF, 2.0**-24)
     # int16 k_s = k - 2^15: (k + 1/2) / 2^16 = k_s / 2^16 + 1/2 + 1/2^17, exact in float32.
@@ -62,12 +65,10 @@ def uniform(shape: Sequence[int], device: torch.device | str = "cpu", bits: int 
 
 
 def smallest_view(tensor: Tensor) -> Tensor:
-    """`tensor` without the leading dimensions it was expanded along (stride 0), kept as size 1:
-    the same values under broadcasting, for elementwise work done once instead of K times."""
-    strides = tensor.stride()
-    if 0 not in strides:
-        return tensor
-    return tensor[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in strides)]
+    """`tensor` without the expansion of its first dimension (stride 0), kept as size 1: the same
+    values under broadcasting, for elementwise work done once instead of K times (first-layer
+    logits `[B, D]` expanded to `[K, B, D]` -> `[1, B, D]`)."""
+    return tensor[:1] if tensor.dim() and tensor.stride(0) == 0 else tensor
 
 
 def draw_bernoulli(logits: Tensor, tie_halves: bool = False) -> tuple[Tensor, Tensor]:

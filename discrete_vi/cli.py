@@ -39,6 +39,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import yaml
 from pytorch_lightning.callbacks import BasePredictionWriter, ProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -356,6 +357,13 @@ class DiscreteVICLI(LightningCLI):
             callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
+        """`--trainer.enable_checkpointing false` drops the `--checkpoint` and `--last_checkpoint`
+        callbacks (Lightning refuses a checkpoint callback when checkpointing is off)."""
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, RunCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
 
     def _default_logger(self, default_root_dir: str) -> TensorBoardLogger:
         ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None

@@ -279,6 +279,13 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params)
         return torch.optim.Adam(groups, fused=True) if fused else torch.optim.Adam(groups, foreach=True)
 
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        """Drop the gradients (`zero_grad(set_to_none=True)`, Lightning's default), without the
+        profiler and compiler wrappers of `Optimizer.zero_grad` (about 2% of a linear VAE's step)."""
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = None
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip the model's gradients only (`--trainer.gradient_clip_val`): the estimator's own
         parameters (the double-CV alpha) descend a different objective, on another scale."""
