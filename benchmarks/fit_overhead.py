@@ -21,7 +21,11 @@ gives the median over rounds and the median of the per-round ratios to the
 bare loop, all from this one run (less sensitive to a shared machine's drift
 than separate runs).
 
-    python benchmarks/fit_overhead.py [--networks linear nonlinear] [--steps 200] [--rounds 3]
+With `--alternating`, an extra run also steps the eager framework and the bare
+loop alternately in one process (a bare step after each framework batch) and
+gives the median ratio of those per-step pairs.
+
+    python benchmarks/fit_overhead.py [--networks linear nonlinear] [--steps 200] [--rounds 3] [--alternating]
 """
 
 from __future__ import annotations
@@ -66,29 +70,70 @@ class StepTimer(pl.Callback):
             self.steps = batch_idx - self.warmup + 1
 
 
-def framework_ms(data_root: Path, network: str, steps: int, warmup: int, workdir: Path, clock,
-                 log_every: int, compile: bool = False) -> tuple[float, float]:
-    """ms per step of `discrete-vi fit`, and the seconds before the timed steps (compilation included)."""
-    timer = StepTimer(warmup, clock)
-    args = [
+class AlternatingBareSteps(pl.Callback):
+    """After each training batch of the framework, one step of a bare loop: per-step pairs in one
+    process. A pair's framework time runs from one batch start to the next, less the bare step."""
+
+    def __init__(self, bare: "BareLoop", warmup: int, clock):
+        self.bare, self.warmup, self.clock = bare, warmup, clock
+        self.framework_s, self.bare_s = [], []
+        self.batch_start = self.last_bare = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        now = self.clock()
+        if batch_idx > self.warmup:
+            self.framework_s.append(now - self.batch_start - self.last_bare)
+        self.batch_start = now
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        start = self.clock()
+        self.bare.step()
+        self.last_bare = self.clock() - start
+        if batch_idx >= self.warmup:
+            self.bare_s.append(self.last_bare)
+
+
+def fit_args(data_root: Path, network: str, batches: int, workdir: Path, log_every: int, compile: bool) -> list[str]:
+    """`discrete-vi fit` as a user runs it, for `batches` training batches and no validation."""
+    return [
         "--seed_everything", "0",
         "--model", "BinaryVAE", "--model.network", network, "--model.compile", str(compile).lower(),
         "--model.estimator", "RLOO", "--model.estimator.n_samples", str(K),
         "--model.latent_sizes", f"[{LATENT}]", "--model.lr", "0.001",
         "--data.dataset", "mnist", "--data.root", str(data_root), "--data.batch_size", str(BATCH),
         "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", str(warmup + steps),
+        "--trainer.limit_train_batches", str(batches),
         "--trainer.limit_val_batches", "0",
         "--trainer.log_every_n_steps", str(log_every),
         "--trainer.enable_progress_bar", "true",
         "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(workdir),
     ]
+
+
+def framework_ms(data_root: Path, network: str, steps: int, warmup: int, workdir: Path, clock,
+                 log_every: int, compile: bool = False) -> tuple[float, float]:
+    """ms per step of `discrete-vi fit`, and the seconds before the timed steps (compilation included)."""
+    timer = StepTimer(warmup, clock)
+    args = fit_args(data_root, network, warmup + steps, workdir, log_every, compile)
     cli = run_cli(args, run=False)  # build, then attach the timer and run the same fit
     cli.trainer.callbacks.append(timer)
     started = clock()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return (timer.end - timer.start) / timer.steps * 1e3, timer.start - started
+
+
+def alternating_ms(data_root: Path, network: str, steps: int, warmup: int, workdir: Path, clock,
+                   log_every: int) -> dict:
+    """Eager framework and bare steps alternating in one process: medians of each and of the pair ratios."""
+    bare = BareLoop(torch.as_tensor(load_splits("mnist", data_root).train), network)
+    pairs = AlternatingBareSteps(bare, warmup, clock)
+    cli = run_cli(fit_args(data_root, network, warmup + steps + 1, workdir, log_every, False), run=False)
+    cli.trainer.callbacks.append(pairs)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    framework, bare_s = pairs.framework_s, pairs.bare_s[: len(pairs.framework_s)]
+    return {"framework": statistics.median(framework) * 1e3, "bare": statistics.median(bare_s) * 1e3,
+            "ratio": statistics.median([f / b for f, b in zip(framework, bare_s)])}
 
 
 class BareLoop:
@@ -164,6 +209,8 @@ def measure(loop: str, network: str, args, clock) -> dict:
         (root / "mnist").mkdir(parents=True)
         for file in args.mnist.resolve().glob("*-ubyte.gz"):
             (root / "mnist" / file.name).symlink_to(file)
+        if loop == "alternating":
+            return alternating_ms(root, network, args.steps, args.warmup, Path(tmp) / "logs", clock, args.log_every)
         if loop.startswith("framework"):
             ms, before = framework_ms(root, network, args.steps, args.warmup, Path(tmp) / "logs", clock,
                                       args.log_every, compile=loop == "framework compiled")
@@ -186,6 +233,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or this thread's CPU time (needs --threads 1; steadier on a shared machine)")
+    parser.add_argument("--alternating", action="store_true",
+                        help="also alternate eager framework and bare steps in one process, step by step "
+                             "(pairs immune to the machine's drift; each loop sees the other's cache traffic)")
     parser.add_argument("--one", nargs=2, metavar=("LOOP", "NETWORK"), help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args(argv)
     if args.steps + args.warmup > 500:
@@ -222,6 +272,12 @@ def main(argv=None):
         if compile_seconds:
             rows.append((network, "(compile + warm-up, s)", statistics.median(compile_seconds), None,
                          [round(s, 1) for s in compile_seconds]))
+    alternating = {}
+    if args.alternating:
+        for network in args.networks:
+            child = subprocess.run([sys.executable, __file__, "--one", "alternating", network, *passed],
+                                   capture_output=True, text=True, check=True)
+            alternating[network] = json.loads(child.stdout.strip().splitlines()[-1])
     print(f"\ntorch={torch.__version__} threads={args.threads or torch.get_num_threads()} clock={args.clock} "
           f"steps={args.steps} warmup={args.warmup} rounds={args.rounds} log_every={args.log_every} "
           f"batch={BATCH} K={K}")
@@ -231,6 +287,9 @@ def main(argv=None):
             print(f"{network:<11}{loop:<24}{ms:>9.1f}           per round: {ratios}")
         else:
             print(f"{network:<11}{loop:<24}{ms:>9.2f}{ratio:>8.2f}x  {ratios}")
+    for network, result in alternating.items():
+        print(f"{network:<11}{'alternating, one process':<24}framework {result['framework']:.2f} ms, bare "
+              f"{result['bare']:.2f} ms: median pair ratio {result['ratio']:.2f}x over {args.steps} pairs")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,16 @@ def test_default_root_dir_holds_logs_checkpoints_and_config(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"], "nothing may be written outside default_root_dir"
 
 
+def test_checkpointing_can_be_turned_off(tmp_path, monkeypatch):
+    """`--trainer.enable_checkpointing false` trains and writes no checkpoint (the CLI's own
+    checkpoint callbacks are dropped instead of clashing with Lightning's setting)."""
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["fit", *TINY, *MODEL, "--trainer.default_root_dir", "runs", "--trainer.enable_checkpointing", "false"])
+    assert cli.trainer.global_step == 4 and cli.trainer.checkpoint_callbacks == []
+    assert not list(Path("runs").rglob("*.ckpt"))
+    assert list(Path("runs").rglob("events.out.tfevents.*"))
+
+
 def test_resume_last_continues_the_same_run_without_repeated_steps(tmp_path, monkeypatch):
     """Fit 6 steps with `last.ckpt` every 4: steps 4 and 5 were logged after the last checkpoint,
     as when a run is killed. Resuming with `--ckpt_path last` trains on in version_0, logs
