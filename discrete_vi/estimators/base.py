@@ -45,7 +45,10 @@ class EstimatorOutput:
 
 
 def float32_arithmetic(device: torch.device) -> contextlib.AbstractContextManager:
-    """Context that turns autocast off so estimator arithmetic runs in float32."""
+    """Context that turns autocast off so estimator arithmetic runs in float32 (nothing to do, and
+    no autocast context to enter and leave each step, when autocast is off already)."""
+    if not torch.is_autocast_enabled(device.type):
+        return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, enabled=False)
 
 
