@@ -288,7 +288,7 @@ def main(argv=None):
         else:
             print(f"{network:<11}{loop:<24}{ms:>9.2f}{ratio:>8.2f}x  {ratios}")
     for network, result in alternating.items():
-        print(f"{network:<11}{'alternating, one process':<24}framework {result['framework']:.2f} ms, bare "
+        print(f"{network:<11}{'alternating, one process':<26}framework {result['framework']:.2f} ms, bare "
               f"{result['bare']:.2f} ms: median pair ratio {result['ratio']:.2f}x over {args.steps} pairs")
 
 
