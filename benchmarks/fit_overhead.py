@@ -21,9 +21,9 @@ gives the median over rounds and the median of the per-round ratios to the
 bare loop, all from this one run (less sensitive to a shared machine's drift
 than separate runs).
 
-With `--alternating`, an extra run also steps the eager framework and the bare
-loop alternately in one process (a bare step after each framework batch) and
-gives the median ratio of those per-step pairs.
+With `--alternating`, extra runs also step the framework (eager, then compiled)
+and the bare loop alternately in one process (a bare step after each framework
+batch) and give the median ratio of those per-step pairs.
 
     python benchmarks/fit_overhead.py [--networks linear nonlinear] [--steps 200] [--rounds 3] [--alternating]
 """
@@ -124,11 +124,11 @@ def framework_ms(data_root: Path, network: str, steps: int, warmup: int, workdir
 
 
 def alternating_ms(data_root: Path, network: str, steps: int, warmup: int, workdir: Path, clock,
-                   log_every: int) -> dict:
-    """Eager framework and bare steps alternating in one process: medians of each and of the pair ratios."""
+                   log_every: int, compile: bool) -> dict:
+    """Framework and bare steps alternating in one process: medians of each and of the pair ratios."""
     bare = BareLoop(torch.as_tensor(load_splits("mnist", data_root).train), network)
     pairs = AlternatingBareSteps(bare, warmup, clock)
-    cli = run_cli(fit_args(data_root, network, warmup + steps + 1, workdir, log_every, False), run=False)
+    cli = run_cli(fit_args(data_root, network, warmup + steps + 1, workdir, log_every, compile), run=False)
     cli.trainer.callbacks.append(pairs)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     framework, bare_s = pairs.framework_s, pairs.bare_s[: len(pairs.framework_s)]
@@ -209,8 +209,9 @@ def measure(loop: str, network: str, args, clock) -> dict:
         (root / "mnist").mkdir(parents=True)
         for file in args.mnist.resolve().glob("*-ubyte.gz"):
             (root / "mnist" / file.name).symlink_to(file)
-        if loop == "alternating":
-            return alternating_ms(root, network, args.steps, args.warmup, Path(tmp) / "logs", clock, args.log_every)
+        if loop.startswith("alternating"):
+            return alternating_ms(root, network, args.steps, args.warmup, Path(tmp) / "logs", clock, args.log_every,
+                                  compile=loop == "alternating compiled")
         if loop.startswith("framework"):
             ms, before = framework_ms(root, network, args.steps, args.warmup, Path(tmp) / "logs", clock,
                                       args.log_every, compile=loop == "framework compiled")
@@ -275,9 +276,10 @@ def main(argv=None):
     alternating = {}
     if args.alternating:
         for network in args.networks:
-            child = subprocess.run([sys.executable, __file__, "--one", "alternating", network, *passed],
-                                   capture_output=True, text=True, check=True)
-            alternating[network] = json.loads(child.stdout.strip().splitlines()[-1])
+            for loop in ["alternating", *([] if args.no_compile else ["alternating compiled"])]:
+                child = subprocess.run([sys.executable, __file__, "--one", loop, network, *passed],
+                                       capture_output=True, text=True, check=True)
+                alternating[network, loop] = json.loads(child.stdout.strip().splitlines()[-1])
     print(f"\ntorch={torch.__version__} threads={args.threads or torch.get_num_threads()} clock={args.clock} "
           f"steps={args.steps} warmup={args.warmup} rounds={args.rounds} log_every={args.log_every} "
           f"batch={BATCH} K={K}")
@@ -287,9 +289,10 @@ def main(argv=None):
             print(f"{network:<11}{loop:<24}{ms:>9.1f}           per round: {ratios}")
         else:
             print(f"{network:<11}{loop:<24}{ms:>9.2f}{ratio:>8.2f}x  {ratios}")
-    for network, result in alternating.items():
-        print(f"{network:<11}{'alternating, one process':<26}framework {result['framework']:.2f} ms, bare "
-              f"{result['bare']:.2f} ms: median pair ratio {result['ratio']:.2f}x over {args.steps} pairs")
+    for (network, loop), result in alternating.items():
+        name = ("compiled" if loop.endswith("compiled") else "framework") + " (pairs)"
+        print(f"{network:<11}{name:<24}{result['framework']:>9.2f}{result['ratio']:>8.2f}x  "
+              f"median of {args.steps} step pairs in one process (bare: {result['bare']:.2f} ms)")
 
 
 if __name__ == "__main__":
