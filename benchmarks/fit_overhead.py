@@ -23,7 +23,9 @@ than separate runs).
 
 With `--alternating`, extra runs also step the framework (eager, then compiled)
 and the bare loop alternately in one process (a bare step after each framework
-batch) and give the median ratio of those per-step pairs.
+batch) and give the median ratio of those per-step pairs. In the compiled
+run the bare steps share the process with compiled code (whose OpenMP threads
+may slow them, flattering that ratio): compare its bare ms with the eager run's.
 
     python benchmarks/fit_overhead.py [--networks linear nonlinear] [--steps 200] [--rounds 3] [--alternating]
 """
