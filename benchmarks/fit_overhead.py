@@ -237,7 +237,8 @@ def main(argv=None):
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or this thread's CPU time (needs --threads 1; steadier on a shared machine)")
     parser.add_argument("--alternating", action="store_true",
-                        help="also alternate eager framework and bare steps in one process, step by step "
+                        help="also alternate framework (eager, then compiled) and bare steps in one process, "
+                             "step by step "
                              "(pairs immune to the machine's drift; each loop sees the other's cache traffic)")
     parser.add_argument("--one", nargs=2, metavar=("LOOP", "NETWORK"), help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args(argv)

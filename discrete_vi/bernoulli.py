@@ -49,13 +49,12 @@ def uniform(shape: Sequence[int], device: torch.device | str = "cpu", bits: int 
     the same words without a graph break (with inductor's `fallback_random`,
     the very same values as eager).
     """
-    device = torch.device(device)
-    if device.type != "cpu":
+    if bits not in (16, 24):
+        raise ValueError(f"bits must be 16 or 24, got {bits}")
+    if torch.device(device).type != "cpu":
         return torch.rand(tuple(shape), device=device, generator=generator)
     count = math.prod(shape)
     per_word = 2 if bits == 24 else 4
-    if bits not in (16, 24):
-        raise ValueError(f"bits must be 16 or 24, got {bits}")
     # 64 random bits per word (randint over the whole int64 range: one value of 2^64 missing).
     words = torch.randint(-(2**63), 2**63 - 1, (-(-count // per_word),), generator=generator)
     if bits == 24:

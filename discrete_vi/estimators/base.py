@@ -100,14 +100,11 @@ def surrogate_loss(f_values: Tensor, logits: Sequence[Tensor], gradients: Sequen
     logits/gradients: matching tensors (`[B, D]` or `[N, B, D]`); each
         gradient is detached float32 and is summed against its logits.
     """
-    linear = sum((_summed_to(g.detach(), small) * small.float()).sum()
-                 for small, g in ((smallest_view(phi), g) for phi, g in zip(logits, gradients)))
+    linear = 0.0
+    for phi, g in zip(logits, gradients):
+        phi = smallest_view(phi)  # expanded first-layer logits: sum g over the samples first
+        linear = linear + (g.detach().sum_to_size(phi.shape) * phi.float()).sum()
     return -(f_values.float().mean() + (linear - linear.detach()) / batch_size)
-
-
-def _summed_to(gradient: Tensor, logits: Tensor) -> Tensor:
-    """`gradient` summed over the dimensions along which `logits` broadcast to it."""
-    return gradient if gradient.shape == logits.shape else gradient.sum_to_size(logits.shape)
 
 
 class Estimator(nn.Module, abc.ABC):
