@@ -44,7 +44,6 @@ import yaml
 from pytorch_lightning.callbacks import BasePredictionWriter, ProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_info
 
 from discrete_vi.checkpoints import (
     LOGS_FOLDER,

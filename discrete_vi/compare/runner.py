@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -229,7 +229,3 @@ def run_ray(jobs: list[Job], address: str | None, progress: Progress) -> list[Ou
     finally:
         if started_here:
             ray.shutdown()
-
-
-def as_dict(outcome: Outcome) -> dict:
-    return asdict(outcome)
