@@ -1,19 +1,22 @@
-"""Callbacks that put more than scalars in TensorBoard: pictures and gradient variance.
-
-They only log, so they do their work on the global rank 0 only (where the loggers write).
+"""The package's callbacks: pictures and gradient variance in TensorBoard (they only log, so
+they work on the global rank 0 only, where the loggers write), and `predict`'s CSV writer.
 """
 
 from __future__ import annotations
 
 import math
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from discrete_vi.checks import ConfigurationError, check_choice, check_count, check_positive
+from discrete_vi.console import say
+from discrete_vi.diagnostics import encoder_gradient_variance, logit_gradient_variance
 from discrete_vi.estimators import estimators_at
 from discrete_vi.scalars import completes_optimizer_step, write_scalars
 
@@ -60,9 +63,9 @@ class GradientVarianceMonitor(pl.Callback):
 
     `quantity="encoder"` (default) measures it as the papers plot it: for the gradient of the
     batch-mean ELBO w.r.t. the encoder's parameters, averaged over parameters
-    (`BinaryLatentModule.encoder_gradient_variance`); `quantity="logits"` for the per-example
+    (`diagnostics.encoder_gradient_variance`); `quantity="logits"` for the per-example
     gradient w.r.t. the first layer's logits, averaged over units and examples
-    (`BinaryLatentModule.gradient_variance`).
+    (`diagnostics.logit_gradient_variance`).
 
     Args:
         every_n_steps: optimizer steps between measurements.
@@ -79,10 +82,8 @@ class GradientVarianceMonitor(pl.Callback):
         if not trainer.is_global_zero or not completes_optimizer_step(trainer, batch_idx):
             return
         if trainer.global_step % self.every_n_steps == 0:
-            if self.quantity == "encoder":
-                variance = pl_module.encoder_gradient_variance(batch, self.n_draws).item()
-            else:
-                variance = pl_module.gradient_variance(batch, self.n_draws).item()
+            measure = encoder_gradient_variance if self.quantity == "encoder" else logit_gradient_variance
+            variance = measure(pl_module, batch, self.n_draws).item()
             write_scalars(trainer, {"train/grad_variance": variance}, trainer.global_step)
 
 
@@ -181,5 +182,37 @@ class EstimatorVarianceBasket(pl.Callback):
         for label, estimator in self._basket.items():
             if estimator is not pl_module.estimator:
                 self._adapt(pl_module, label, estimator, batch)
-            values[label] = pl_module.encoder_gradient_variance(batch, self.n_draws, estimator).item()
+            values[label] = encoder_gradient_variance(pl_module, batch, self.n_draws, estimator).item()
         return values
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes `predict`'s per-example scores to `predictions.csv` in the run's log folder
+    (`predictions_rank<R>.csv` per process under DDP) and says where.
+
+    Columns: `example` (position in the predicted split as this process saw it), then every
+    score `predict_step` returns (`elbo`, `log_likelihood`, in nats).
+
+    Args:
+        output_dir: folder for the file (default: the trainer's log folder).
+    """
+
+    def __init__(self, output_dir: str | None = None):
+        super().__init__(write_interval="epoch")
+        self.output_dir = output_dir
+        self.path: Path | None = None
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        columns = {name: torch.cat([batch[name].float().cpu() for batch in batches]) for name in batches[0]}
+        folder = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = "predictions.csv" if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
+        self.path = folder / name
+        partial_file = self.path.with_name(f".{name}.partial")
+        with open(partial_file, "w") as file:
+            file.write(",".join(["example", *columns]) + "\n")
+            rows = torch.stack(list(columns.values()), 1).tolist()
+            file.writelines(f"{i}," + ",".join(f"{v:.6f}" for v in row) + "\n" for i, row in enumerate(rows))
+        partial_file.replace(self.path)
+        say(f"predictions for {len(rows)} examples written to {self.path}")

@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic writes, checked reads, and finding a run's last checkpoint.
+"""Checkpoint files: atomic writes, checked reads, where a command's run lives (`plan_run`:
+resuming, evaluating a run's checkpoint), and whether a checkpoint fits a model.
 
 Runs are laid out as Lightning lays them out:
 `<default_root_dir>/lightning_logs/version_<N>/checkpoints/*.ckpt`.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import dataclass
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,14 @@ from typing import Any
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import nn
 
 from discrete_vi.checks import CheckpointError
 
 LOGS_FOLDER = "lightning_logs"
 LAST_CHECKPOINT = "last.ckpt"
+ESTIMATOR_PREFIX = "estimator."
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -105,3 +110,103 @@ def find_run_without_checkpoint(root: str | Path, name: str = LOGS_FOLDER) -> st
         return None
     newest = max(runs, key=lambda p: int(p.name[len("version_"):]))
     return None if any(newest.glob("checkpoints/*.ckpt")) else newest.name
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Where a command's run lives and what it starts from.
+
+    ckpt_path: what the Trainer loads: a resolved file, one of Lightning's own names
+        ("best", "hpc", "registry"), or None (a new run).
+    checkpoint: the file's content, read and checked once (None when nothing is read here).
+    save_dir, name, version: the default logger's run folder `save_dir/name/version`
+        (version None: the next free `version_N`).
+    purge_step: the step from which the run's earlier events are hidden (a resumed or restarted
+        run logs those steps again), or None.
+    note: what to tell the user about this choice, or None.
+    """
+
+    ckpt_path: str | None
+    checkpoint: dict | None
+    save_dir: Path
+    name: str = LOGS_FOLDER
+    version: str | None = None
+    purge_step: int | None = None
+    note: str | None = None
+
+
+def plan_run(subcommand: str, ckpt_path: str | None, default_root_dir: str | None) -> RunPlan:
+    """The run a command works in, from its checkpoint option and `default_root_dir`.
+
+    - `ckpt_path="last"` resumes the newest `last.ckpt` under `default_root_dir`; with none, `fit`
+      starts a new run (or starts again in the newest run folder if it holds no checkpoint: a run
+      killed before its first one) and the other subcommands raise CheckpointError.
+    - a checkpoint file is read here (CheckpointError if missing, empty, corrupt) and the command
+      works in the run folder it belongs to; `fit` hides that run's events after its step.
+    """
+    root = Path(default_root_dir or ".")
+    if ckpt_path == "last":
+        found = find_last_checkpoint(root)
+        if found is None:
+            if subcommand != "fit":
+                raise CheckpointError(f"--ckpt_path last: no {LOGS_FOLDER}/*/checkpoints/{LAST_CHECKPOINT} under {root.resolve()}")
+            restart = find_run_without_checkpoint(root)
+            again = f"starting again in {restart}" if restart else "starting a new run"
+            note = f"no checkpoint to resume under {root.resolve() / LOGS_FOLDER}: {again}"
+            # A restarted run's events are all hidden: it starts again at step 0.
+            return RunPlan(None, None, root, version=restart, purge_step=0 if restart else None, note=note)
+        ckpt_path = str(found)
+    if not ckpt_path or ckpt_path in ("best", "hpc", "registry"):
+        return RunPlan(ckpt_path, None, root)
+    checkpoint = read_checkpoint(ckpt_path)
+    run = run_folder(ckpt_path)
+    if run is None:
+        return RunPlan(ckpt_path, checkpoint, root)
+    save_dir, name, version = run
+    if save_dir.resolve() == root.resolve():
+        save_dir = root  # the same spelling as when saved: ModelCheckpoint keeps its best record
+    purge_step = int(checkpoint.get("global_step", 0)) if subcommand == "fit" else None
+    return RunPlan(ckpt_path, checkpoint, save_dir, name, version, purge_step)
+
+
+def check_checkpoint_fits(model: nn.Module, checkpoint: dict, source: str = "the checkpoint") -> None:
+    """Raise CheckpointError unless the checkpoint's model weights (not the estimator's state)
+    have exactly `model`'s names and shapes."""
+    state = checkpoint.get("state_dict", {})
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(ESTIMATOR_PREFIX)}
+    theirs = {k: v for k, v in state.items() if not k.startswith(ESTIMATOR_PREFIX)}
+    problems = [f"{k} is missing" for k in own if k not in theirs]
+    problems += [f"{k} is not in this model" for k in theirs if k not in own]
+    problems += [
+        f"{k} has shape {list(theirs[k].shape)} there, {list(v.shape)} here"
+        for k, v in own.items() if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)
+    ]
+    if problems:
+        more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
+        saved = checkpoint.get("hyper_parameters", {}).get("_class_path", "another model")
+        raise CheckpointError(
+            f"{source} holds a model of another architecture ({saved}): {'; '.join(problems[:2])}{more}. "
+            "Give no model options to use the checkpoint's own configuration, or the same ones as its run"
+        )
+
+
+def fit_estimator_state(model: nn.Module, checkpoint: dict) -> None:
+    """Evaluating a checkpoint does not need its estimator: drop the estimator state in `checkpoint`
+    that `model.estimator` does not have (e.g. a double-CV alpha when testing with RLOO), keep
+    what it lacks as initialised, and warn."""
+    state = checkpoint.get("state_dict", {})
+    own = {f"{ESTIMATOR_PREFIX}{k}": v for k, v in model.estimator.state_dict().items()}
+    foreign = sorted(k for k in state if k.startswith(ESTIMATOR_PREFIX) and (k not in own or state[k].shape != own[k].shape))
+    missing = sorted(k for k in own if k not in state or k in foreign)
+    if not foreign and not missing:
+        return
+    for key in foreign:
+        del state[key]
+    for key in missing:
+        state[key] = own[key]
+    rank_zero_warn(
+        f"the checkpoint's estimator state does not fit {type(model.estimator).__name__}: "
+        f"ignored {foreign or 'nothing'}, kept as initialised {missing or 'nothing'}. "
+        "Evaluation does not use the estimator; to resume training, configure the same "
+        "model.estimator as the run that saved the checkpoint."
+    )

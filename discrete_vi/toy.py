@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from discrete_vi.diagnostics import logit_estimates
 from discrete_vi.estimators import Estimator, estimators_at
 
 
@@ -69,14 +70,7 @@ def gradient_estimates(estimator: Estimator, logits: Tensor, f: Callable[[Tensor
     The draws are the examples of one batched call at the estimator's current
     state (alpha, baseline), which is not updated here (eval mode).
     """
-    was_training = estimator.training
-    estimator.eval()
-    try:
-        batch = logits.detach().expand(n_draws, -1).clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(estimator(batch, f).loss, batch)
-    finally:
-        estimator.train(was_training)
-    return -grad * n_draws
+    return logit_estimates(estimator, logits.detach().expand(n_draws, -1), lambda samples, _logits: f(samples[0]))
 
 
 def gradient_variance(estimator: Estimator, logits: Tensor, f: Callable[[Tensor], Tensor], n_draws: int) -> float:

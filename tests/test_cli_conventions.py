@@ -11,21 +11,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from discrete_vi.callbacks import GradientVarianceMonitor, ImageLogger
 from discrete_vi.checkpoints import AtomicCheckpointIO
 from discrete_vi.cli import run_cli
 from discrete_vi.models import BinaryVAE
-from test_cli import SMALL_EVAL, TINY
+from helpers import SMALL_EVAL, TINY, steps_by_tag
 
 MODEL = ["--model.latent_sizes", "[30]", "--model.estimator", "DisARM", "--model.estimator.n_pairs", "2", *SMALL_EVAL]
-
-
-def steps_by_tag(log_dir) -> dict[str, list[int]]:
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def test_default_root_dir_holds_logs_checkpoints_and_config(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 
 from discrete_vi.cli import run_cli
 from discrete_vi.estimators import ESTIMATORS
-from test_cli import SMALL_EVAL, TINY
+from helpers import SMALL_EVAL, TINY
 
 TESTS = Path(__file__).resolve().parent
 MODEL = ["--model.latent_sizes", "[30]", *SMALL_EVAL]

@@ -9,7 +9,7 @@ import torch._inductor.config
 from discrete_vi.cli import run_cli
 from discrete_vi.estimators import ESTIMATORS
 from discrete_vi.models import BinaryVAE
-from test_cli import SMALL_EVAL, TINY
+from helpers import SMALL_EVAL, TINY
 
 
 def train_a_few_steps(estimator_name: str, compile: bool, batch: torch.Tensor, steps: int = 3):

@@ -2,57 +2,22 @@
 
 import pytest
 import torch
-from torch import nn
+from helpers import ESTIMATOR_CASES, case_ids, decoder_objective
 
-from discrete_vi.estimators import (
-    ARM,
-    ARMS,
-    RLOO,
-    RODEO,
-    DisARM,
-    Estimator,
-    GumbelSoftmaxST,
-    Reinforce,
-    RLOODoubleCV,
-    StraightThrough,
-)
+from discrete_vi.estimators import ARM, RLOO, DisARM, Estimator, Reinforce, RLOODoubleCV
 from discrete_vi.estimators.double_cv import double_cv_terms
 from discrete_vi.exact import MAX_BITS, exact_objective
 
-ALL = {
-    "reinforce": lambda: Reinforce(2),
-    "reinforce-ema": lambda: Reinforce(2, baseline="ema"),
-    "rloo": lambda: RLOO(3),
-    "double_cv": lambda: RLOODoubleCV(3),
-    "arm": lambda: ARM(2),
-    "disarm": lambda: DisARM(2),
-    "arms": lambda: ARMS(3),
-    "rodeo": lambda: RODEO(3, hidden_size=8),
-    "straight_through": lambda: StraightThrough(2),
-    "gumbel_softmax_st": lambda: GumbelSoftmaxST(2, temperature=0.5),
-}
+CASES = [case for case in ESTIMATOR_CASES if case.cost in (2, 3)]
+"""Every registered estimator (and variant) at 2 and 3 evaluations of f where it accepts them."""
 # Estimators whose estimate uses d f / d b from the backward pass (the rest weight f values only).
-USES_F_GRADIENT = {"double_cv", "rodeo", "straight_through", "gumbel_softmax_st"}
+USES_F_GRADIENT = {"RLOODoubleCV", "RODEO", "StraightThrough", "GumbelSoftmaxST"}
 
 
-def decoder_objective(seed: int = 0, n_units: int = 4, n_pixels: int = 6):
-    """A small Bernoulli 'decoder' log-likelihood f(b) = log p(x | b): [K, B, D] -> [K, B]."""
-    g = torch.Generator().manual_seed(seed)
-    decoder = nn.Linear(n_units, n_pixels)
-    x = torch.bernoulli(torch.full((n_pixels,), 0.5), generator=g)
-
-    def f(b):
-        return -nn.functional.binary_cross_entropy_with_logits(
-            decoder(b), x.expand(*b.shape[:-1], -1), reduction="none"
-        ).sum(-1)
-
-    return decoder, f
-
-
-@pytest.mark.parametrize("name", sorted(ALL))
-def test_loss_value_and_decoder_gradient(name):
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
+def test_loss_value_and_decoder_gradient(case):
     torch.manual_seed(0)
-    estimator = ALL[name]()
+    estimator = case.make()
     decoder, f = decoder_objective()
     logits = torch.randn(5, 4, requires_grad=True)
     out = estimator(logits, f)
@@ -173,11 +138,11 @@ def test_bad_settings_raise_clear_errors(make, message):
         make()
 
 
-@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
 @pytest.mark.parametrize("shape", [(4,), (2, 3, 4)])
-def test_logits_of_the_wrong_rank_are_refused(name, shape):
+def test_logits_of_the_wrong_rank_are_refused(case, shape):
     with pytest.raises(ValueError, match=r"logits must have shape \[B, D\]"):
-        ALL[name]()(torch.zeros(shape), lambda b: b.sum(-1))
+        case.make()(torch.zeros(shape), lambda b: b.sum(-1))
 
 
 def test_integer_logits_are_refused():
@@ -185,22 +150,22 @@ def test_integer_logits_are_refused():
         RLOO(2)(torch.zeros(2, 3, dtype=torch.long), lambda b: b.sum(-1))
 
 
-@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
 @pytest.mark.parametrize("wrong", [lambda b: b.sum(), lambda b: b.sum(-1).T, lambda b: b])
-def test_f_of_the_wrong_shape_is_refused(name, wrong):
+def test_f_of_the_wrong_shape_is_refused(case, wrong):
     with pytest.raises(ValueError, match=r"f must return .*shape \[K, B\]"):
-        ALL[name]()(torch.zeros(5, 3, requires_grad=True), wrong)
+        case.make()(torch.zeros(5, 3, requires_grad=True), wrong)
 
 
-@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_f_is_refused(name, bad):
+def test_non_finite_f_is_refused(case, bad):
     def f(b):
         values = b.sum(-1)
         return torch.where(torch.arange(values.shape[1]) == 1, bad, values)
 
     with pytest.raises(ValueError, match="non-finite"):
-        ALL[name]()(torch.zeros(5, 3, requires_grad=True), f)
+        case.make()(torch.zeros(5, 3, requires_grad=True), f)
 
 
 def test_chain_layer_of_the_wrong_shape_is_refused():
@@ -216,24 +181,13 @@ def test_exact_enumeration_refuses_large_models():
 # --- Mixed precision --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(ALL))
-def test_autocast_keeps_estimator_arithmetic_in_float32(name):
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
+def test_autocast_keeps_estimator_arithmetic_in_float32(case):
     """Under bf16 autocast only the decoder rounds: the estimate stays float32 and equals the
     float32 one on the same samples up to the decoder's rounding of f."""
     _, f = decoder_objective()
     logits = torch.randn(8, 4)
-
-    def make():
-        torch.manual_seed(2)  # the same control network for both runs
-        estimator = ALL[name]()
-        if name in ("double_cv", "rodeo"):
-            with torch.no_grad():
-                estimator.alpha.fill_(0.5)
-        if name == "rodeo":
-            with torch.no_grad():
-                estimator.beta.fill_(-0.7)
-        return estimator
-
+    make = case.make  # the same (randomised) learned state for both runs
     out32, g32 = gradient_of(make(), logits, f, seed=11)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out16, g16 = gradient_of(make(), logits, f, seed=11)
@@ -244,20 +198,26 @@ def test_autocast_keeps_estimator_arithmetic_in_float32(name):
     assert f_rounding > 0, "the decoder should have run in bf16"
     # Each estimate is a weighted sum of f values with |weight| <= 1 per evaluation (2 per pair),
     # so its error is bounded by a small multiple of the decoder's rounding of f.
-    if name not in USES_F_GRADIENT:
+    if case.name not in USES_F_GRADIENT:
         assert (g16 - g32).abs().max().item() <= 2 * f_rounding + 1e-6
-    elif name != "double_cv":
-        # Straight-through and RODEO: float32 estimates from bf16 values and gradients of f, close to float32's.
+    elif case.name in ("StraightThrough", "GumbelSoftmaxST"):
+        # Float32 estimates from bf16 values and gradients of f, close to float32's.
         torch.testing.assert_close(g16, g32, rtol=0.05, atol=0.05 * g32.abs().max().item())
     else:
-        # The double-CV estimate also uses d f / d b from the bf16 backward pass: check it
+        # Double CV and RODEO also use d f / d b from the bf16 backward pass: check the estimate
         # against the float32 formula applied to this run's own f values and gradients.
         # d f / d b as the loss's own bf16 backward pass delivers it: from -mean(f), rescaled.
         b = out16.samples[0].clone().requires_grad_(True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             grads = torch.autograd.grad(-f(b).float().mean(), b)[0].float() * -b.shape[0] * b.shape[1]
-        g0, g1 = double_cv_terms(out16.f_values, out16.samples[0], torch.sigmoid(logits), grads)
-        torch.testing.assert_close(g16, g0 + 0.5 * g1)
+        estimator = make()
+        if case.name == "RODEO":
+            with torch.no_grad():
+                expected = estimator.estimate(out16.f_values, out16.samples[0], logits, grads)
+        else:
+            g0, g1 = double_cv_terms(out16.f_values, out16.samples[0], torch.sigmoid(logits), grads)
+            expected = g0 + estimator.alpha.detach() * g1
+        torch.testing.assert_close(g16, expected)
 
 
 def test_double_cv_refuses_an_f_that_is_not_differentiable_in_its_samples():

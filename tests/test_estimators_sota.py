@@ -1,4 +1,4 @@
-"""ARMS, RODEO and the biased straight-through baselines, against exact enumeration.
+"""ARMS, RODEO and the biased straight-through baselines: what is particular to each.
 
 Same z-test as tests/test_estimators_unbiased.py (many independent estimates in
 one batched call, per-example parameters inside f). Learned state is set to
@@ -9,22 +9,22 @@ import zlib
 
 import pytest
 import torch
-from stats import Z_THRESHOLD, max_z
-from test_estimators_unbiased import (
+from helpers import (
     CHAIN_LOGITS,
     LOGITS,
     N_REPLICAS,
+    Z_THRESHOLD,
     chain_model,
     chain_params,
     estimated_single_layer,
-    exact_single_layer,
+    max_z,
     single_layer_params,
 )
 
 from discrete_vi.estimators import ARMS, ESTIMATORS, RLOO, RODEO, DisARM, GumbelSoftmaxST, StraightThrough
 from discrete_vi.estimators.arms import arms_debias, arms_samples
 from discrete_vi.estimators.rodeo import stein_controls
-from discrete_vi.exact import exact_chain_objective, exact_objective
+from discrete_vi.exact import exact_objective
 
 
 def randomised_rodeo(n_samples: int, seed: int = 0, hidden_size: int = 16, expansions: str = "all") -> RODEO:
@@ -39,110 +39,12 @@ def randomised_rodeo(n_samples: int, seed: int = 0, hidden_size: int = 16, expan
     return estimator
 
 
-class UndebiasedARMS(ARMS):
-    """Deliberately wrong: RLOO on the copula samples without the factor lambda."""
-
-    def debiased(self) -> bool:
-        return False
-
-
-class UncorrectedRODEO(RODEO):
-    """Deliberately wrong: the vector control r_k(b_k) (b_k - theta) without the Stein operator,
-    i.e. a control variate whose expectation is not subtracted."""
-
-    def estimate(self, f_values, samples, logits, grads):
-        n_samples = samples.shape[0]
-        c, _, raw = stein_controls(f_values, samples, logits, grads, self.network)
-        shifted = f_values + self.alpha * c
-        baseline = (shifted.sum(0, keepdim=True) - shifted) / (n_samples - 1)
-        return ((f_values - baseline).unsqueeze(-1) * (samples - torch.sigmoid(logits)) + self.beta * raw).mean(0)
-
-
-def uncorrected_rodeo(n_samples: int) -> RODEO:
-    estimator = UncorrectedRODEO(n_samples, hidden_size=16)
-    estimator.load_state_dict(randomised_rodeo(n_samples).state_dict())
-    return estimator
-
-
-UNBIASED = {
-    "arms-K2": lambda: ARMS(2),
-    "arms-K3": lambda: ARMS(3),
-    "arms-K5": lambda: ARMS(5),
-    "rodeo-K2": lambda: randomised_rodeo(2),
-    "rodeo-K3": lambda: randomised_rodeo(3, seed=1),
-    "rodeo-K4": lambda: randomised_rodeo(4, seed=2),
-    "rodeo-K4-next": lambda: randomised_rodeo(4, seed=3, expansions="next"),
-}
-
-BROKEN = {
-    "arms-K2-no-debias": lambda: UndebiasedARMS(2),
-    "arms-K3-no-debias": lambda: UndebiasedARMS(3),
-    "rodeo-K2-uncorrected-control": lambda: uncorrected_rodeo(2),
-    "rodeo-K3-uncorrected-control": lambda: uncorrected_rodeo(3),
-}
-
-
-@pytest.fixture(scope="module")
-def exact_single():
-    return exact_single_layer()
-
-
-@pytest.mark.parametrize("case", sorted(UNBIASED))
-def test_new_estimators_are_unbiased(case, exact_single):
-    torch.manual_seed(zlib.crc32(case.encode()))
-    estimator = UNBIASED[case]()
-    state = {n: p.detach().clone() for n, p in estimator.named_parameters()}
-    estimates = estimated_single_layer(estimator)
+def test_rodeo_with_the_next_expansion_only_is_unbiased(exact_single):
+    torch.manual_seed(zlib.crc32(b"rodeo-K4-next"))
+    estimates = estimated_single_layer(randomised_rodeo(4, seed=3, expansions="next"))
     for name, exact in exact_single.items():
         z = max_z(estimates[name], exact)
-        assert z < Z_THRESHOLD, f"{case}: gradient w.r.t. {name} is off by {z:.1f} standard errors"
-    for n, p in estimator.named_parameters():  # the test ran at the randomised state
-        assert torch.equal(p, state[n])
-        assert p.grad is not None and torch.isfinite(p.grad).all(), f"{case}: {n} got no gradient in training mode"
-
-
-@pytest.mark.parametrize("case", sorted(BROKEN))
-def test_the_z_test_rejects_the_broken_variants(case, exact_single):
-    torch.manual_seed(zlib.crc32(case.encode()))
-    estimates = estimated_single_layer(BROKEN[case]())
-    assert max_z(estimates["logits"], exact_single["logits"]) > 2 * Z_THRESHOLD
-
-
-@pytest.fixture(scope="module")
-def exact_chain():
-    logits = CHAIN_LOGITS.clone().requires_grad_(True)
-    params = chain_params(1)
-    layers, f = chain_model(params)
-    objective = exact_chain_objective(logits, layers, f).sum()
-    names = ["logits", *(n for n, _ in params.named_parameters())]
-    return dict(zip(names, torch.autograd.grad(objective, [logits, *params.parameters()])))
-
-
-def chain_estimates(estimator):
-    logits = CHAIN_LOGITS.repeat(N_REPLICAS, 1).requires_grad_(True)
-    params = chain_params(N_REPLICAS)
-    layers, f = chain_model(params)
-    out = estimator.chain(logits, layers, f)
-    out.loss.backward()
-    grads = {"logits": logits.grad, **{n: p.grad for n, p in params.named_parameters()}}
-    estimates = {name: (-logits.shape[0] * g).view(N_REPLICAS, 3, *g.shape[1:]) for name, g in grads.items()}
-    return out, estimates
-
-
-@pytest.mark.parametrize("n_samples", [2, 3])
-def test_arms_chains_are_unbiased(n_samples, exact_chain):
-    torch.manual_seed(10 + n_samples)
-    out, estimates = chain_estimates(ARMS(n_samples))
-    assert out.f_values.shape == (2 * n_samples, 3 * N_REPLICAS)  # K per layer, two layers
-    for name, exact in exact_chain.items():
-        z = max_z(estimates[name], exact)
-        assert z < Z_THRESHOLD, f"ARMS K={n_samples} chain: gradient w.r.t. {name} is off by {z:.1f}"
-
-
-def test_rodeo_refuses_chains():
-    layers, f = chain_model(chain_params(1))
-    with pytest.raises(ValueError, match="one stochastic layer"):
-        RODEO(2).chain(CHAIN_LOGITS.clone(), layers, f)
+        assert z < Z_THRESHOLD, f"RODEO K=4 next: gradient w.r.t. {name} is off by {z:.1f} standard errors"
 
 
 # --- ARMS: the copula and the K = 2 case ------------------------------------------
@@ -284,7 +186,7 @@ def test_rodeo_memory_is_linear_in_the_units():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        c, v, _ = stein_controls(torch.zeros(2, 3), torch.ones(2, 3, 300), logits, torch.ones(2, 3, 300), estimator.network)
+        c, v = stein_controls(torch.zeros(2, 3), torch.ones(2, 3, 300), logits, torch.ones(2, 3, 300), estimator.network)
         (c.sum() + v.sum()).backward()
     assert max(sizes) <= 2 * 3 * 301 * 8 < 2 * 3 * 300 * 300
 
@@ -363,8 +265,9 @@ def test_bad_settings_raise_clear_errors():
         (lambda: RODEO(2, hidden_size=0), "hidden_size must be >= 1"),
         (lambda: RODEO(2, expansions="some"), "expansions must be one of 'all', 'next'"),
         (lambda: StraightThrough(0), "n_samples must be >= 1"),
-        (lambda: GumbelSoftmaxST(temperature=0.0), "temperature must be a number > 0"),
-        (lambda: GumbelSoftmaxST(temperature=-1), "temperature must be a number > 0"),
+        (lambda: GumbelSoftmaxST(temperature=0.0), "temperature must be > 0"),
+        (lambda: GumbelSoftmaxST(temperature=-1), "temperature must be > 0"),
+        (lambda: GumbelSoftmaxST(temperature="hot"), "temperature must be a number > 0"),
     ]:
         with pytest.raises(ValueError, match=message):
             make()

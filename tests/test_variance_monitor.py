@@ -3,14 +3,14 @@ and the frozen prior (prior_lr 0) of the double-CV paper's setup."""
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from discrete_vi.callbacks import EstimatorVarianceBasket
 from discrete_vi.cli import run_cli
 from discrete_vi.data import BinarizedImageDataModule
+from discrete_vi.diagnostics import encoder_gradient_variance
 from discrete_vi.estimators import RLOO, DisARM
 from discrete_vi.models import BinaryVAE
-from test_cli import SMALL_EVAL, TINY, only_version
+from helpers import SMALL_EVAL, TINY, only_version, steps_by_tag
 
 
 def by_hand(model: BinaryVAE, batch: torch.Tensor, n_draws: int) -> float:
@@ -32,17 +32,11 @@ def test_encoder_variance_matches_independent_estimates(latent_sizes, estimator)
     batch = (torch.rand(5, 20) < 0.5).float()
     n_draws = 600
     torch.manual_seed(1)
-    measured = model.encoder_gradient_variance(batch, n_draws, chunk=500).item()
+    measured = encoder_gradient_variance(model, batch, n_draws, chunk=500).item()
     torch.manual_seed(2)
     expected = by_hand(model, batch, n_draws)
     assert measured == pytest.approx(expected, rel=0.12), (measured, expected)
     assert all(p.grad is None for p in model.parameters()), "measuring touches no .grad"
-
-
-def tags_and_steps(log_dir) -> dict[str, list[int]]:
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def test_basket_logs_one_tag_per_estimator_at_the_same_steps(tmp_path, monkeypatch):
@@ -53,7 +47,7 @@ def test_basket_logs_one_tag_per_estimator_at_the_same_steps(tmp_path, monkeypat
              "--trainer.callbacks+=discrete_vi.callbacks.EstimatorVarianceBasket",
              "--trainer.callbacks.estimators", "[RLOO, RLOODoubleCV, ARM, DisARM]",
              "--trainer.callbacks.every_n_steps", "2", "--trainer.callbacks.adapt_steps", "3"])
-    steps = tags_and_steps(only_version(tmp_path))
+    steps = steps_by_tag(only_version(tmp_path))
     basket = {tag: s for tag, s in steps.items() if tag.startswith("variance/")}
     assert sorted(basket) == ["variance/ARM", "variance/DisARM", "variance/RLOO", "variance/RLOODoubleCV"]
     assert all(s == [2, 4] for s in basket.values()), basket

@@ -231,8 +231,8 @@ def write_report_md(runs: list[RunData], out: Path, plots: list[Path], plot_note
     if header:
         parts += [header, ""]
     parts += [markdown_table(runs), "",
-              f"Mean ± standard deviation over seeds (n runs per configuration); best mean per column in bold. "
-              f"Per run: `results.csv`.", ""]
+              "Mean ± standard deviation over seeds (n runs per configuration); best mean per column in bold. "
+              "Per run: `results.csv`.", ""]
     parts += ["| column | meaning |", "|---|---|", *(f"| {k} | {meaning} |" for k, (meaning, _) in METRICS.items()), ""]
     if unfinished:
         parts += [f"Unfinished runs (no test yet, shown with what they logged): {', '.join(unfinished)}.", ""]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from discrete_vi.checkpoints import LAST_CHECKPOINT, find_last_checkpoint
+from discrete_vi.checkpoints import find_last_checkpoint
 
 RUN_FILE = "run.json"
 DONE_FILE = "done.json"

@@ -19,7 +19,7 @@ from importlib import resources
 
 import numpy as np
 
-from discrete_vi.data.errors import corrupt_file_error
+from discrete_vi.data.errors import damaged_file
 from discrete_vi.data.images import INPUT_SIZE
 
 MNIST_SUBSET_FILE = "bundled/mnist_subset.npz"
@@ -33,9 +33,10 @@ def load_mnist_subset() -> dict[str, np.ndarray]:
         splits = {name: archive[name] for name in MNIST_SUBSET_SPLIT_SIZES}
     for name, size in MNIST_SUBSET_SPLIT_SIZES.items():
         if splits[name].shape != (size, INPUT_SIZE) or splits[name].dtype != np.uint8:
-            raise corrupt_file_error(
+            raise damaged_file(
                 path,
                 f"split {name!r} has shape {splits[name].shape} and dtype {splits[name].dtype}, "
                 f"expected ({size}, {INPUT_SIZE}) uint8",
+                "reinstall discrete_vi (pip install --force-reinstall discrete-vi)",
             )
     return splits

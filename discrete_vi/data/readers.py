@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from discrete_vi.data.errors import CorruptFileError, corrupt_file_error
+from discrete_vi.data.errors import CorruptFileError, damaged_file
 
 _IDX_UBYTE_TYPE_CODE = 0x08
 _AMAT_PIXELS_PER_LINE = 784
@@ -33,7 +33,7 @@ def open_data_file(path: Path, gunzip: bool) -> Iterator[BinaryIO]:
         with (gzip.open if gunzip else open)(path, "rb") as stream:
             yield stream
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        raise corrupt_file_error(path, f"not a complete gzip file ({error})") from error
+        raise damaged_file(path, f"not a complete gzip file ({error})") from error
 
 
 def read_file_bytes(path: str | Path) -> bytes:
@@ -52,17 +52,17 @@ def read_idx(path: str | Path) -> np.ndarray:
     path = Path(path)
     content = read_file_bytes(path)
     if len(content) < 4 or content[0] != 0 or content[1] != 0:
-        raise corrupt_file_error(path, "not an IDX file (bad magic number)")
+        raise damaged_file(path, "not an IDX file (bad magic number)")
     if content[2] != _IDX_UBYTE_TYPE_CODE:
-        raise corrupt_file_error(path, f"IDX element type 0x{content[2]:02x} is not unsigned byte (0x08)")
+        raise damaged_file(path, f"IDX element type 0x{content[2]:02x} is not unsigned byte (0x08)")
     ndim = content[3]
     header_bytes = 4 + 4 * ndim
     if len(content) < header_bytes:
-        raise corrupt_file_error(path, "IDX header is truncated")
+        raise damaged_file(path, "IDX header is truncated")
     shape = tuple(int(size) for size in np.frombuffer(content, dtype=">u4", count=ndim, offset=4))
     expected_bytes = header_bytes + int(np.prod(shape, dtype=np.int64))
     if len(content) != expected_bytes:
-        raise corrupt_file_error(
+        raise damaged_file(
             path, f"IDX header announces shape {shape} ({expected_bytes} bytes) but the file has {len(content)} bytes"
         )
     return np.frombuffer(content, dtype=np.uint8, offset=header_bytes).reshape(shape)
@@ -77,20 +77,20 @@ def read_amat(path: str | Path) -> np.ndarray:
     path = Path(path)
     text = np.frombuffer(read_file_bytes(path), dtype=np.uint8)
     if not _AMAT_ALLOWED_BYTES[text].all():
-        raise corrupt_file_error(path, "contains characters other than 0, 1, spaces and newlines")
+        raise damaged_file(path, "contains characters other than 0, 1, spaces and newlines")
     is_digit = (text == ord("0")) | (text == ord("1"))
     if np.any(is_digit[1:] & is_digit[:-1]):
-        raise corrupt_file_error(path, "contains a value that is not a single 0 or 1")
+        raise damaged_file(path, "contains a value that is not a single 0 or 1")
     line_ends = np.flatnonzero(text == ord("\n"))
     if text.size and text[-1] != ord("\n"):
         line_ends = np.append(line_ends, text.size - 1)  # last line has no newline
     if line_ends.size == 0:
-        raise corrupt_file_error(path, "is empty")
+        raise damaged_file(path, "is empty")
     line_starts = np.concatenate(([0], line_ends[:-1] + 1))
     values_per_line = np.add.reduceat(is_digit.view(np.uint8), line_starts, dtype=np.uint32)
     if np.any(values_per_line != _AMAT_PIXELS_PER_LINE):
         bad_line = int(np.flatnonzero(values_per_line != _AMAT_PIXELS_PER_LINE)[0]) + 1
-        raise corrupt_file_error(path, f"line {bad_line} does not hold {_AMAT_PIXELS_PER_LINE} values")
+        raise damaged_file(path, f"line {bad_line} does not hold {_AMAT_PIXELS_PER_LINE} values")
     return (text[is_digit] - ord("0")).reshape(-1, _AMAT_PIXELS_PER_LINE)
 
 
@@ -114,20 +114,20 @@ def read_omniglot_chardata(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     except CorruptFileError:
         raise
     except Exception as error:  # scipy raises several unrelated types for a damaged file
-        raise corrupt_file_error(path, f"not a readable MATLAB file ({type(error).__name__}: {error})") from error
+        raise damaged_file(path, f"not a readable MATLAB file ({type(error).__name__}: {error})") from error
     return _omniglot_images(path, contents, "data"), _omniglot_images(path, contents, "testdata")
 
 
 def _omniglot_images(path: Path, contents: dict, key: str) -> np.ndarray:
     """The images under ``key`` as float32 ``[N, 784]``, rows in row-major pixel order."""
     if key not in contents:
-        raise corrupt_file_error(path, f"has no variable {key!r}")
+        raise damaged_file(path, f"has no variable {key!r}")
     columns = np.asarray(contents[key])
     pixels = _OMNIGLOT_SIDE * _OMNIGLOT_SIDE
     if columns.ndim != 2 or columns.shape[0] != pixels:
-        raise corrupt_file_error(path, f"{key!r} has shape {columns.shape}, expected ({pixels}, N)")
+        raise damaged_file(path, f"{key!r} has shape {columns.shape}, expected ({pixels}, N)")
     if not np.all(np.isfinite(columns)) or columns.min(initial=0.0) < 0 or columns.max(initial=0.0) > 1:
-        raise corrupt_file_error(path, f"{key!r} has values outside [0, 1]")
+        raise damaged_file(path, f"{key!r} has values outside [0, 1]")
     count = columns.shape[1]
     # Column n is image n flattened column-major: undo that with a transpose.
     images = columns.T.reshape(count, _OMNIGLOT_SIDE, _OMNIGLOT_SIDE).transpose(0, 2, 1)

@@ -17,7 +17,7 @@ from typing import Literal, get_args
 
 from discrete_vi.checks import ConfigurationError
 from discrete_vi.data.checksums import Checksum
-from discrete_vi.data.errors import DataFilesNotFoundError
+from discrete_vi.data.errors import REDOWNLOAD_ADVICE, DataFilesNotFoundError
 
 DATA_ROOT_ENV_VAR = "DISCRETE_VI_DATA"
 
@@ -139,7 +139,6 @@ DatasetName = Literal["mnist_subset", "mnist", "binarized_mnist", "fashion_mnist
 """The names `BinarizedImageDataModule(dataset=...)` takes (the command line shows them as choices)."""
 DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
 assert set(DATASET_NAMES) == {BUNDLED_DATASET, *SOURCES}, "DatasetName must list every source"
-_PACKAGE_FOLDER = Path(__file__).resolve().parent
 
 
 def check_dataset_name(dataset: str) -> None:
@@ -226,12 +225,10 @@ def _missing_files_message(dataset: str, missing: list[str], folders: list[Path]
 
 
 def replacement_advice(path: Path) -> str:
-    """How to replace a damaged copy of a data file, by where it lies: reinstall
-    discrete_vi for the bundled subset, reinstall the Debian package (or put a good
-    copy under the data root) for a system copy, else delete it and download it again."""
+    """How to replace a damaged copy of a data file, by where it lies: reinstall the Debian
+    package (or put a good copy under the data root) for a system copy, else delete it and
+    download it again."""
     resolved = path.resolve()
-    if resolved.is_relative_to(_PACKAGE_FOLDER):
-        return "reinstall discrete_vi (pip install --force-reinstall discrete-vi)"
     for source in SOURCES.values():
         if any(resolved.is_relative_to(folder.resolve()) for folder in source.system_folders):
             return (
@@ -239,4 +236,4 @@ def replacement_advice(path: Path) -> str:
                 f"or put a good copy in the data root's '{source.folder}/' folder "
                 f"({default_data_root() / source.folder} unless root / --data.root is set), which is searched first"
             )
-    return "delete it and download it again (download=True, or --data.download true)"
+    return REDOWNLOAD_ADVICE

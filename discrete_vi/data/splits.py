@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from discrete_vi.data.bundled import load_mnist_subset
-from discrete_vi.data.errors import corrupt_file_error
+from discrete_vi.data.errors import CorruptFileError, damaged_file
 from discrete_vi.data.images import GREY_LEVELS, INPUT_SIZE
 from discrete_vi.data.readers import read_amat, read_idx, read_omniglot_chardata
-from discrete_vi.data.sources import BUNDLED_DATASET, data_source, locate_files
+from discrete_vi.data.sources import BUNDLED_DATASET, data_source, locate_files, replacement_advice
 
 _IDX_TRAIN_SIZE, _IDX_TEST_SIZE, _IDX_VAL_SIZE = 60_000, 10_000, 10_000
 _OMNIGLOT_TRAIN_SIZE, _OMNIGLOT_TEST_SIZE, _OMNIGLOT_VAL_SIZE = 24_345, 8_070, 1_345
@@ -53,11 +53,16 @@ def load_splits(dataset: str, root: str | os.PathLike | None = None) -> ImageSpl
         subset = load_mnist_subset()
         return ImageSplits(subset["train"], subset["val"], subset["test"])
     paths = locate_files(dataset, data_source(dataset).image_roles, root)
-    if dataset == "binarized_mnist":
-        return _binarized_mnist_splits(paths)
-    if dataset == "omniglot":
-        return _omniglot_splits(paths["chardata"])
-    return _idx_splits(paths)  # mnist, fashion_mnist
+    try:
+        if dataset == "binarized_mnist":
+            return _binarized_mnist_splits(paths)
+        if dataset == "omniglot":
+            return _omniglot_splits(paths["chardata"])
+        return _idx_splits(paths)  # mnist, fashion_mnist
+    except CorruptFileError as error:  # how to replace the file depends on where it lies
+        if error.path is None:
+            raise
+        raise error.with_advice(replacement_advice(error.path)) from error.__cause__
 
 
 def _idx_splits(paths: dict[str, Path]) -> ImageSplits:
@@ -94,7 +99,7 @@ def _grey_levels(intensities: np.ndarray) -> np.ndarray:
 def _flat_images(path: Path, images: np.ndarray, expected_count: int) -> np.ndarray:
     """``images`` as ``[N, 784]``; CorruptFileError unless N == ``expected_count``."""
     if images.ndim < 2 or images.shape[0] != expected_count or images.size != expected_count * INPUT_SIZE:
-        raise corrupt_file_error(
+        raise damaged_file(
             path, f"holds images of shape {images.shape}, expected {expected_count} images of {INPUT_SIZE} pixels"
         )
     return images.reshape(expected_count, INPUT_SIZE)

@@ -30,7 +30,7 @@ ESTIMATORS: dict[str, type[Estimator]] = {
 }
 """Every estimator shipped with the package, by the name `--model.estimator` takes."""
 
-_VARIANTS: dict[str, tuple[str, dict]] = {"Reinforce+EMA": ("Reinforce", {"baseline": "ema"})}
+VARIANTS: dict[str, tuple[str, dict]] = {"Reinforce+EMA": ("Reinforce", {"baseline": "ema"})}
 """Settings worth comparing on their own (label -> estimator name, options)."""
 
 
@@ -38,8 +38,8 @@ def estimators_at(n_evaluations: int) -> dict[str, Estimator]:
     """A fresh instance of every estimator (and variant) evaluating `f` `n_evaluations` times
     per example (an even number, for the antithetic pairs), by label: for comparisons at equal cost."""
     labels = {name: (name, {}) for name in ESTIMATORS}
-    labels.update(_VARIANTS)
+    labels.update(VARIANTS)
     return {label: ESTIMATORS[name].at_cost(n_evaluations, **options) for label, (name, options) in labels.items()}
 
 
-__all__ = ["ESTIMATORS", "Estimator", "EstimatorOutput", "estimators_at", *ESTIMATORS]
+__all__ = ["ESTIMATORS", "VARIANTS", "Estimator", "EstimatorOutput", "estimators_at", *ESTIMATORS]

@@ -97,8 +97,6 @@ class AntitheticEstimator(Estimator):
             loss = surrogate_loss(f_values, base.logits, gradients, batch_size)
         return EstimatorOutput(loss=loss, f_values=values, samples=samples)
 
-    def extra_repr(self) -> str:
-        return f"n_pairs={self.n_pairs}"
 
 
 class ARM(AntitheticEstimator):

@@ -81,16 +81,13 @@ def arms_debias(logits: Tensor, n_samples: int) -> Tensor:
     return (1 - rare) / (1 - both_rare / rare.clamp_min(torch.finfo(torch.float32).tiny))
 
 
-def arms_gradient(f_values: Tensor, samples: Tensor, logits: Tensor, debias: bool = True) -> Tensor:
-    """The ARMS estimate `[B, D]` from f values `[K, B]`, copula samples `[K, B, D]` and logits `[B, D]`.
-
-    debias: False gives plain RLOO on the dependent samples (biased; for tests).
-    """
+def arms_gradient(f_values: Tensor, samples: Tensor, logits: Tensor) -> Tensor:
+    """The ARMS estimate `[B, D]` from f values `[K, B]`, copula samples `[K, B, D]` and logits `[B, D]`."""
     n_samples = samples.shape[0]
     theta = torch.sigmoid(logits)
     centred = (f_values - f_values.mean(0, keepdim=True)) / (n_samples - 1)
     g = (centred.unsqueeze(-1) * (samples - theta)).sum(0)
-    return g * arms_debias(logits, n_samples) if debias else g
+    return g * arms_debias(logits, n_samples)
 
 
 class ARMS(Estimator):
@@ -109,14 +106,6 @@ class ARMS(Estimator):
         """
         super().__init__()
         self.n_samples = check_count("n_samples", n_samples, 2)
-
-    @property
-    def n_evaluations(self) -> int:
-        return self.n_samples
-
-    def debiased(self) -> bool:
-        """Whether the per-unit factor lambda is applied (always, except in a test's broken variant)."""
-        return True
 
     def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
         self.check_chain(logits, layers)
@@ -142,11 +131,9 @@ class ARMS(Estimator):
         with float32_arithmetic(logits.device):
             values = f_values.detach().float().view(n_layers, k, batch_size)
             gradients = [
-                arms_gradient(values[l], copula[l], base_logits[l][0], self.debiased()).unsqueeze(0)
+                arms_gradient(values[l], copula[l], base_logits[l][0]).unsqueeze(0)
                 for l in range(n_layers)
             ]
             loss = surrogate_loss(f_values, base.logits, gradients, batch_size)
         return EstimatorOutput(loss=loss, f_values=values.view(-1, batch_size), samples=samples)
 
-    def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}"

@@ -12,13 +12,13 @@ import contextlib
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from discrete_vi.bernoulli import LogitsLayer, smallest_view
-from discrete_vi.checks import ConfigurationError, NonFiniteObjectiveError, check_count  # noqa: F401 (check_count: re-exported)
+from discrete_vi.checks import ConfigurationError, NonFiniteObjectiveError
 
 Objective = Callable[[Tensor], Tensor]
 """Single-layer objective: float samples `[K, B, D]` -> values `[K, B]`."""
@@ -77,9 +77,24 @@ def evaluate_objective(f: Callable[..., Tensor], expected: tuple[int, int], *inp
             f"f must return one value per sample and example, shape [K, B] = {list(expected)}, "
             f"got {list(values.shape)}"
         )
-    if not torch.compiler.is_compiling():  # no host sync in a compiled graph: its caller checks
+    if not torch.compiler.is_compiling() and not _finite_check_deferred:  # no host sync: the caller checks
         check_finite_objective(values)
     return values
+
+
+_finite_check_deferred = False
+
+
+@contextlib.contextmanager
+def deferred_finite_check() -> Iterator[None]:
+    """Inside, estimators do not check that `f` is finite (a host synchronisation on a GPU): the
+    caller checks instead (a model's training step checks the ELBO estimate on logging steps)."""
+    global _finite_check_deferred
+    before, _finite_check_deferred = _finite_check_deferred, True
+    try:
+        yield
+    finally:
+        _finite_check_deferred = before
 
 
 def check_finite_objective(values: Tensor) -> None:
@@ -129,9 +144,9 @@ class Estimator(nn.Module, abc.ABC):
     biased: bool = False
 
     @property
-    @abc.abstractmethod
     def n_evaluations(self) -> int:
-        """Evaluations of `f` per example (per layer for antithetic chains)."""
+        """Evaluations of `f` per example (per layer for antithetic chains): K samples by default."""
+        return self.n_samples
 
     def __init_subclass__(cls, **kwargs):
         """Record each estimator's constructor arguments (for `config()`), whatever subclass defines them."""
@@ -184,9 +199,8 @@ class Estimator(nn.Module, abc.ABC):
     def check_layers(self, n_layers: int) -> None:
         """Raise ValueError if this estimator cannot train `n_layers` stochastic layers."""
         if n_layers > 1 and not self.supports_chains:
-            from discrete_vi.estimators import ESTIMATORS  # the registry imports this module
-
-            chains = ", ".join(name for name, cls in ESTIMATORS.items() if cls.supports_chains)
+            chains = ", ".join(sorted(cls.__name__ for cls in _subclasses(Estimator) if cls.supports_chains
+                                      and cls.__module__.startswith(__package__) and not inspect.isabstract(cls)))
             raise ConfigurationError(
                 f"{type(self).__name__} is defined for one stochastic layer only, and the model has {n_layers}; "
                 f"for several layers use one of: {chains}"
@@ -201,4 +215,10 @@ class Estimator(nn.Module, abc.ABC):
         return self.training and torch.is_grad_enabled()
 
     def extra_repr(self) -> str:
-        return f"n_evaluations={self.n_evaluations}"
+        """The constructor's arguments, as recorded (`config()`)."""
+        return ", ".join(f"{name}={value!r}" for name, value in self._init_arguments.items())
+
+
+def _subclasses(cls: type) -> list[type]:
+    """Every subclass of `cls`, at any depth."""
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]

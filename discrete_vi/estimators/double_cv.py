@@ -126,12 +126,8 @@ class RLOODoubleCV(Estimator):
     def __init__(self, n_samples: int = 2, alpha_lr: float = 1e-3):
         super().__init__()
         self.n_samples = check_count("n_samples", n_samples, 2)
-        self.lr = float(check_positive("alpha_lr", alpha_lr))
+        self.lr = check_positive("alpha_lr", alpha_lr)
         self.alpha = nn.Parameter(torch.zeros((), dtype=torch.float32))
-
-    @property
-    def n_evaluations(self) -> int:
-        return self.n_samples
 
     def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
         self.check_chain(logits, layers)  # one layer only
@@ -140,5 +136,3 @@ class RLOODoubleCV(Estimator):
     def logged_state(self) -> dict[str, Tensor]:
         return {"alpha": self.alpha.detach()}
 
-    def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}, alpha_lr={self.lr}"

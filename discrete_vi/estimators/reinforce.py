@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from discrete_vi.bernoulli import LogitsLayer, sample_chain, smallest_view
-from discrete_vi.checks import ConfigurationError, check_choice, check_count
+from discrete_vi.checks import check_choice, check_count, check_range
 from discrete_vi.estimators.base import (
     ChainObjective,
     Estimator,
@@ -34,10 +34,6 @@ class ScoreFunctionEstimator(Estimator):
     def __init__(self, n_samples: int, minimum_samples: int = 1):
         super().__init__()
         self.n_samples = check_count("n_samples", n_samples, minimum_samples)
-
-    @property
-    def n_evaluations(self) -> int:
-        return self.n_samples
 
     @abc.abstractmethod
     def sample_weights(self, f_values: Tensor) -> Tensor:
@@ -75,10 +71,8 @@ class Reinforce(ScoreFunctionEstimator):
     def __init__(self, n_samples: int = 1, baseline: Literal["none", "ema"] = "none", decay: float = 0.99):
         super().__init__(n_samples)
         check_choice("baseline", baseline, ("none", "ema"))
-        if not 0.0 < decay < 1.0:
-            raise ConfigurationError(f"decay must be in (0, 1), got {decay}")
         self.baseline = baseline
-        self.decay = decay
+        self.decay = check_range("decay", decay, 0.0, 1.0)
         self.register_buffer("baseline_average", torch.zeros((), dtype=torch.float32))
         self.register_buffer("baseline_steps", torch.zeros((), dtype=torch.long))  # integer: exact in any precision
 
@@ -100,8 +94,6 @@ class Reinforce(ScoreFunctionEstimator):
     def logged_state(self) -> dict[str, Tensor]:
         return {"baseline": self.current_baseline()} if self.baseline == "ema" else {}
 
-    def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}, baseline={self.baseline!r}, decay={self.decay}"
 
 
 class RLOO(ScoreFunctionEstimator):
@@ -117,5 +109,3 @@ class RLOO(ScoreFunctionEstimator):
     def sample_weights(self, f_values: Tensor) -> Tensor:
         return (f_values - f_values.mean(0, keepdim=True)) / (self.n_samples - 1)
 
-    def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}"

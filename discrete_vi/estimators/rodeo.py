@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from discrete_vi.bernoulli import LogitsLayer
-from discrete_vi.checks import ConfigurationError, check_choice, check_count, check_positive
+from discrete_vi.checks import check_choice, check_count, check_positive
 from discrete_vi.estimators.base import ChainObjective, Estimator, EstimatorOutput, float32_arithmetic
 from discrete_vi.estimators.double_cv import BackwardInputs, linked_estimate
 
@@ -82,15 +82,13 @@ def other_sample_pairs(n_samples: int, n_others: int, device: torch.device) -> t
 
 def stein_controls(
     f_values: Tensor, samples: Tensor, logits: Tensor, grads: Tensor, network: nn.Module, n_others: int | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """The two Stein controls and the raw vector control, float32.
 
     f_values: `[K, B]`; samples, grads: `[K, B, D]`; logits: `[B, D]`.
     n_others: expansions averaged per sample (`K - 1` by default: all other samples;
         1: only the next one, `j = k + 1 mod K`).
-    Returns `c` `[K, B]` (`(A h_k)(b_k)`), `V` `[K, B, D]` (`(A R_k)(b_k)`)
-    and `r_k(b_k) S_k` `[K, B, D]` (the vector control before the Stein operator;
-    not zero-mean, for tests of a deliberately broken variant).
+    Returns `c` `[K, B]` (`(A h_k)(b_k)`) and `V` `[K, B, D]` (`(A R_k)(b_k)`).
     """
     n_samples, _, n_units = samples.shape
     theta = torch.sigmoid(logits)
@@ -109,7 +107,7 @@ def stein_controls(
     c = (flip * (h_neighbours - h_centre.unsqueeze(-1))).sum(-1) / n_units
     spread = (flip * (r_neighbours - r_centre.unsqueeze(-1))).sum(-1, keepdim=True)
     v = scores * (spread - r_neighbours) / n_units
-    return c, v, r_centre.unsqueeze(-1) * scores
+    return c, v
 
 
 class _RodeoLink(torch.autograd.Function):
@@ -180,16 +178,10 @@ class RODEO(Estimator):
         self.n_samples = check_count("n_samples", n_samples, 2)
         self.hidden_size = check_count("hidden_size", hidden_size, 1)
         self.expansions = check_choice("expansions", expansions, ("all", "next"))
-        if isinstance(control_lr, bool) or not isinstance(control_lr, (int, float)):
-            raise ConfigurationError(f"control_lr must be a number > 0, got {control_lr!r}")
-        self.lr = float(check_positive("control_lr", control_lr))
+        self.lr = check_positive("control_lr", control_lr)
         self.alpha = nn.Parameter(torch.zeros((), dtype=torch.float32))
         self.beta = nn.Parameter(torch.zeros((), dtype=torch.float32))
         self.network = SteinControlNetwork(hidden_size)
-
-    @property
-    def n_evaluations(self) -> int:
-        return self.n_samples
 
     @property
     def n_others(self) -> int:
@@ -202,7 +194,7 @@ class RODEO(Estimator):
         f_values: `[K, B]`; samples, grads (`d f / d b` at the samples): `[K, B, D]`; logits: `[B, D]`.
         """
         n_samples = samples.shape[0]
-        c, v, _ = stein_controls(f_values, samples, logits, grads, self.network, self.n_others)
+        c, v = stein_controls(f_values, samples, logits, grads, self.network, self.n_others)
         scores = samples - torch.sigmoid(logits)
         shifted = f_values + self.alpha * c
         baseline = (shifted.sum(0, keepdim=True) - shifted) / (n_samples - 1)  # mean over j != k of f_j + alpha c_j
@@ -216,8 +208,3 @@ class RODEO(Estimator):
     def logged_state(self) -> dict[str, Tensor]:
         return {"alpha": self.alpha.detach(), "beta": self.beta.detach()}
 
-    def extra_repr(self) -> str:
-        return (
-            f"n_samples={self.n_samples}, control_lr={self.lr}, hidden_size={self.hidden_size}, "
-            f"expansions={self.expansions!r}"
-        )

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from discrete_vi.bernoulli import LogitsLayer, check_layer_logits, draw_bernoulli
-from discrete_vi.checks import ConfigurationError, check_count
+from discrete_vi.checks import check_count, check_positive
 from discrete_vi.estimators.base import (
     ChainObjective,
     Estimator,
@@ -47,10 +47,6 @@ class StraightThroughEstimator(Estimator):
     def __init__(self, n_samples: int = 1):
         super().__init__()
         self.n_samples = check_count("n_samples", n_samples, 1)
-
-    @property
-    def n_evaluations(self) -> int:
-        return self.n_samples
 
     @abc.abstractmethod
     def relaxed(self, logits: Tensor, samples: Tensor, uniforms: Tensor) -> Tensor:
@@ -78,8 +74,6 @@ class StraightThroughEstimator(Estimator):
         loss = -f_values.float().mean()
         return EstimatorOutput(loss=loss, f_values=f_values.detach().float(), samples=samples)
 
-    def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}"
 
 
 class StraightThrough(StraightThroughEstimator):
@@ -109,14 +103,10 @@ class GumbelSoftmaxST(StraightThroughEstimator):
                 closer to the hard sample, with a larger derivative near the threshold.
         """
         super().__init__(n_samples)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ConfigurationError(f"temperature must be a number > 0, got {temperature!r}")
-        self.temperature = float(temperature)
+        self.temperature = check_positive("temperature", temperature)
 
     def relaxed(self, logits: Tensor, samples: Tensor, uniforms: Tensor) -> Tensor:
         # b = 1[u < sigmoid(phi)] = 1[phi + L > 0] with L = log(1 - u) - log(u), a logistic variable.
         noise = torch.log1p(-uniforms) - torch.log(uniforms)
         return torch.sigmoid((logits + noise) / self.temperature)
 
-    def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}, temperature={self.temperature}"

@@ -1,7 +1,13 @@
-"""Models with binary stochastic layers, as LightningModules driven by an `Estimator`."""
+"""Models with binary stochastic layers, as LightningModules driven by an `Estimator`.
 
-from discrete_vi.models.base import BinaryLatentModule
+`MODELS` lists the package's models by the name `--model` takes.
+"""
+
+from discrete_vi.models.model import BinaryLatentModule
 from discrete_vi.models.sbn import SigmoidBeliefNet
 from discrete_vi.models.vae import BinaryVAE
 
-__all__ = ["BinaryLatentModule", "BinaryVAE", "SigmoidBeliefNet"]
+MODELS: dict[str, type[BinaryLatentModule]] = {"BinaryVAE": BinaryVAE, "SigmoidBeliefNet": SigmoidBeliefNet}
+"""Every model shipped with the package, by the name `--model` takes."""
+
+__all__ = ["MODELS", "BinaryLatentModule", *MODELS]

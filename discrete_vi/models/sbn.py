@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from discrete_vi.bernoulli import bernoulli_log_prob, sample_chain
 from discrete_vi.estimators import Estimator
 from discrete_vi.checks import ConfigurationError, check_sizes
-from discrete_vi.models.base import BinaryLatentModule, CompileMode
+from discrete_vi.models.model import BinaryLatentModule, CompileMode
 
 IMAGE_PIXELS = 784
 

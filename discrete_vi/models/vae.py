@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from discrete_vi.bernoulli import bernoulli_log_prob, draw_bernoulli, sample_chain
 from discrete_vi.estimators import Estimator
-from discrete_vi.checks import ConfigurationError, check_count, check_positive, check_sizes
-from discrete_vi.models.base import BinaryLatentModule, CompileMode
+from discrete_vi.checks import ConfigurationError, check_count, check_positive, check_range, check_sizes
+from discrete_vi.models.model import BinaryLatentModule, CompileMode
 from discrete_vi.models.networks import Network, check_network, make_network, output_layer
 
 
@@ -73,9 +73,7 @@ class BinaryVAE(BinaryLatentModule):
         check_network(network)
         self.encoder_lr = check_positive("encoder_lr", encoder_lr)
         self.decoder_lr = check_positive("decoder_lr", decoder_lr)
-        if prior_lr is not None and prior_lr < 0:
-            raise ConfigurationError(f"prior_lr must be >= 0 (0 freezes the prior), got {prior_lr}")
-        self.prior_lr = prior_lr
+        self.prior_lr = check_range("prior_lr", prior_lr, include_low=True, note=" (0 freezes the prior)")
         self.check_estimator(len(latent_sizes))
         self.input_size, self.latent_sizes, self.network = input_size, latent_sizes, network
         self.demean, self.init_output_bias = demean, init_output_bias

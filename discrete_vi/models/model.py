@@ -32,9 +32,17 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from discrete_vi.bernoulli import LogitsLayer, sample_chain
-from discrete_vi.checks import CheckpointError, ConfigurationError, check_choice, check_count, check_positive
+from discrete_vi.checkpoints import check_checkpoint_fits, fit_estimator_state
+from discrete_vi.checks import (
+    ConfigurationError,
+    NonFiniteObjectiveError,
+    check_choice,
+    check_count,
+    check_input_size,
+    check_positive,
+)
 from discrete_vi.estimators import RLOO, Estimator, EstimatorOutput
-from discrete_vi.estimators.base import check_finite_objective
+from discrete_vi.estimators.base import deferred_finite_check
 from discrete_vi.scalars import completes_optimizer_step, write_scalars
 
 
@@ -89,6 +97,7 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         if compile and estimator.compile_refusal:
             raise ConfigurationError(f"{type(estimator).__name__} cannot be compiled: {estimator.compile_refusal}")
         self._compiled_loss = None
+        self._first_nonfinite_step: Tensor | None = None
         self.eval_metrics = nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in ("elbo", "log_likelihood")}
         )
@@ -96,7 +105,7 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
     def __setattr__(self, name: str, value) -> None:
         # Lightning sets `_current_fx_name` around each of the ~40 hook calls of a training step;
         # nn.Module.__setattr__'s parameter/buffer/module checks cost more than the rest of that call.
-        if name == "_current_fx_name":
+        if name in ("_current_fx_name", "_first_nonfinite_step"):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -126,13 +135,7 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
     def setup(self, stage: str) -> None:
         """Check that the model's `input_size` (if it has one) matches the datamodule's."""
         datamodule = self.trainer.datamodule if self._trainer is not None else None
-        data_size = getattr(datamodule, "input_size", None)
-        model_size = getattr(self, "input_size", None)
-        if data_size is not None and model_size is not None and data_size != model_size:
-            raise ConfigurationError(
-                f"model input_size is {model_size} but the data has {data_size} pixels per image; "
-                f"set the model's input_size to {data_size}"
-            )
+        check_input_size(getattr(self, "input_size", None), getattr(datamodule, "input_size", None))
 
     def check_estimator(self, n_layers: int) -> None:
         """Call from a subclass's `__init__`: fail at configuration time if the estimator cannot train it."""
@@ -141,9 +144,6 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
     def estimate(self, batch: Tensor) -> EstimatorOutput:
         """One estimator call on `batch`: the loss, f values and samples."""
         first_logits, layers = self.stochastic_layers(batch)
-        return self._call_estimator(batch, first_logits, layers)
-
-    def _call_estimator(self, batch: Tensor, first_logits: Tensor, layers: list[LogitsLayer]) -> EstimatorOutput:
         return self.estimator.chain(first_logits, layers, partial(self.objective, batch))
 
     def training_loss(self, batch: Tensor) -> tuple[Tensor, Tensor]:
@@ -153,16 +153,39 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         return out.loss, out.f_values.mean()
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        if self.compile:
-            if self._compiled_loss is None:
-                self._compiled_loss = torch.compile(self.training_loss, mode=self.compile_mode, dynamic=False)
-            loss, elbo = self._compiled_loss(batch)
-            check_finite_objective(elbo)  # the compiled graph has no host sync: check here
-        else:
-            loss, elbo = self.training_loss(batch)
+        """The estimator's loss; no host synchronisation except on logging steps (the ELBO's
+        finiteness is tracked on the device and checked when the scalars are written)."""
+        if self.compile and self._compiled_loss is None:
+            self._compiled_loss = torch.compile(self.training_loss, mode=self.compile_mode, dynamic=False)
+        with deferred_finite_check():
+            loss, elbo = (self._compiled_loss or self.training_loss)(batch)
+        self._track_divergence(elbo)
         state = {f"estimator/{name}": value for name, value in self.estimator.logged_state().items()}
         self.log_training_scalars({"train/elbo": elbo, **state}, batch_idx)
         return loss
+
+    def _track_divergence(self, elbo: Tensor) -> None:
+        """Remember, on the device, the first training step whose ELBO estimate (the mean of f) is
+        nan or inf: `check_divergence` reads it without a host synchronisation on every step."""
+        first = self._first_nonfinite_step
+        if first is None or first.device != elbo.device:
+            first = torch.full((), -1, dtype=torch.long, device=elbo.device)
+        self._first_nonfinite_step = torch.where(~torch.isfinite(elbo.detach()) & (first < 0), self.global_step, first)
+
+    def check_divergence(self) -> None:
+        """Raise NonFiniteObjectiveError naming the first step whose objective was not finite, if any."""
+        if self._first_nonfinite_step is None:
+            return
+        step = int(self._first_nonfinite_step)
+        if step >= 0:
+            raise NonFiniteObjectiveError(
+                f"training diverged at step {step}: f returned non-finite values (nan or inf). Try a lower "
+                "learning rate (--model.lr), gradient clipping (--trainer.gradient_clip_val 1.0), or another seed; "
+                "resume from an earlier checkpoint with --ckpt_path"
+            )
+
+    def on_train_epoch_end(self) -> None:
+        self.check_divergence()
 
     def log_training_scalars(self, scalars: dict[str, Tensor], batch_idx: int) -> None:
         """Per-step training scalars: put in `trainer.callback_metrics` on every batch, and on
@@ -182,85 +205,15 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         every = trainer.log_every_n_steps
         if not every or not completes_optimizer_step(trainer, batch_idx) or (trainer.global_step + 1) % every:
             return
+        self.check_divergence()
         numbers = {name: value.item() for name, value in values.items()}
         write_scalars(trainer, numbers, trainer.global_step)
         trainer.progress_bar_metrics.update({k: v for k, v in numbers.items() if k.startswith("train/")})
-
-    def gradient_variance(self, batch: Tensor, n_draws: int) -> Tensor:
-        """Variance of the estimate of `d E[f] / d phi_1` (first-layer logits) over `n_draws`
-        independent draws at the current parameters, averaged over units and examples.
-
-        The batch is repeated `n_draws` times in one estimator call (eval mode, so no
-        estimator state changes); no parameter gradient is touched.
-        """
-        repeated = batch.repeat(n_draws, *([1] * (batch.dim() - 1)))
-        was_training = self.estimator.training
-        self.estimator.eval()
-        try:
-            with torch.enable_grad():
-                first_logits, layers = self.stochastic_layers(repeated)
-                leaf = first_logits.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(self._call_estimator(repeated, leaf, layers).loss, leaf)
-        finally:
-            self.estimator.train(was_training)
-        estimates = -grad.float() * leaf.shape[0]
-        return estimates.view(n_draws, batch.shape[0], -1).var(0).mean()
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The parameters of `q(b | x)` whose gradient variance the papers plot: every trainable
         parameter under `self.encoder` (a model without one overrides this)."""
         return [p for name, p in self.named_parameters() if name.startswith("encoder.") and p.requires_grad]
-
-    def encoder_gradient_variance(
-        self, batch: Tensor, n_draws: int, estimator: Estimator | None = None, chunk: int = 64
-    ) -> Tensor:
-        """Variance of the estimate of `d ELBO / d theta` for the encoder's parameters `theta`
-        (`encoder_parameters()`), as the papers plot it: `n_draws` independent estimates of the
-        gradient of the batch-mean ELBO on `batch` at the current parameters, their variance per
-        parameter (unbiased, over draws), averaged over parameters. Units: (nats / unit of theta)^2.
-
-        `estimator` (default: the model's) is called in eval mode, so its learned state does not
-        change; no `.grad` is touched. With one stochastic layer the draws are batched: one
-        estimator call on the batch repeated `n_draws` times gives each draw's gradient for the
-        logits, chained to `theta` by one batched vector-Jacobian product (f sees detached
-        logits, so theta reaches the loss only through the logits). With several layers each
-        draw is its own estimator call. `chunk` draws are batched at once (memory: chunk x parameters).
-        """
-        estimator = self.estimator if estimator is None else estimator
-        params = self.encoder_parameters()
-        if not params:
-            raise ConfigurationError(f"{type(self).__name__} has no encoder parameters (encoder_parameters() is empty)")
-        was_training = estimator.training
-        estimator.eval()
-        try:
-            with torch.enable_grad():
-                first_logits, layers = self.stochastic_layers(batch)
-                if layers:
-                    draws = [self._draw_gradient(estimator, batch, first_logits, layers, params) for _ in range(n_draws)]
-                    estimates = torch.stack(draws)
-                    return estimates.var(0).mean()
-                total, total_sq = 0.0, 0.0
-                for start in range(0, n_draws, chunk):  # memory: chunk x n_params
-                    draws = min(chunk, n_draws - start)
-                    repeated = batch.repeat(draws, *([1] * (batch.dim() - 1)))
-                    leaf = first_logits.detach().repeat(draws, 1).requires_grad_(True)
-                    loss = estimator.chain(leaf, [], partial(self.objective, repeated)).loss
-                    (grad,) = torch.autograd.grad(loss, leaf)
-                    per_draw = (grad * draws).view(draws, *first_logits.shape).to(first_logits.dtype)
-                    grads = torch.autograd.grad(first_logits, params, grad_outputs=per_draw, is_grads_batched=True,
-                                                retain_graph=True)
-                    estimates = -torch.cat([g.reshape(draws, -1).double() for g in grads], 1)
-                    total, total_sq = total + estimates.sum(0), total_sq + estimates.square().sum(0)
-        finally:
-            estimator.train(was_training)
-        variance = (total_sq - total.square() / n_draws) / (n_draws - 1)  # unbiased, per parameter
-        return variance.mean().float()
-
-    def _draw_gradient(self, estimator, batch, first_logits, layers, params) -> Tensor:
-        """One estimate of `d ELBO / d theta`, flattened `[n_params]` (one estimator call)."""
-        loss = estimator.chain(first_logits, layers, partial(self.objective, batch)).loss
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        return -torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).float() for g, p in zip(grads, params)])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """One Adam over the model's `parameter_groups()` and a group for the estimator's own
@@ -345,43 +298,8 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
 
     # --- checkpoints ---------------------------------------------------------------
 
-    def check_checkpoint_fits(self, checkpoint: dict, source: str = "the checkpoint") -> None:
-        """Raise CheckpointError unless the checkpoint's model weights (not the estimator's state)
-        have exactly this model's names and shapes."""
-        state = checkpoint.get("state_dict", {})
-        own = {k: v for k, v in self.state_dict().items() if not k.startswith("estimator.")}
-        theirs = {k: v for k, v in state.items() if not k.startswith("estimator.")}
-        problems = [f"{k} is missing" for k in own if k not in theirs]
-        problems += [f"{k} is not in this model" for k in theirs if k not in own]
-        problems += [
-            f"{k} has shape {list(theirs[k].shape)} there, {list(v.shape)} here"
-            for k, v in own.items() if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)
-        ]
-        if problems:
-            more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
-            saved = checkpoint.get("hyper_parameters", {}).get("_class_path", "another model")
-            raise CheckpointError(
-                f"{source} holds a model of another architecture ({saved}): {'; '.join(problems[:2])}{more}. "
-                "Give no model options to use the checkpoint's own configuration, or the same ones as its run"
-            )
-
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse a checkpoint of another architecture (CheckpointError). Evaluating a checkpoint does
-        not need its estimator: drop estimator state that the configured estimator does not have
-        (e.g. a double-CV alpha when testing with RLOO)."""
-        self.check_checkpoint_fits(checkpoint)
-        state = checkpoint.get("state_dict", {})
-        own = {f"estimator.{k}": v for k, v in self.estimator.state_dict().items()}
-        foreign = sorted(k for k in state if k.startswith("estimator.") and (k not in own or state[k].shape != own[k].shape))
-        missing = sorted(k for k in own if k not in state or k in foreign)
-        if foreign or missing:
-            for key in foreign:
-                del state[key]
-            for key in missing:
-                state[key] = own[key]
-            pl.utilities.rank_zero_warn(
-                f"the checkpoint's estimator state does not fit {type(self.estimator).__name__}: "
-                f"ignored {foreign or 'nothing'}, kept as initialised {missing or 'nothing'}. "
-                "Evaluation does not use the estimator; to resume training, configure the same "
-                "model.estimator as the run that saved the checkpoint."
-            )
+        """Refuse a checkpoint of another architecture; fit the estimator's state to this model's
+        estimator (`checkpoints.check_checkpoint_fits`, `checkpoints.fit_estimator_state`)."""
+        check_checkpoint_fits(self, checkpoint)
+        fit_estimator_state(self, checkpoint)

@@ -1,0 +1,28 @@
+"""Fixtures shared by the test modules (what they are built from: helpers.py)."""
+
+import pytest
+import torch
+from helpers import CHAIN_LOGITS, LOGITS, chain_model, chain_params, single_layer_f, single_layer_params
+
+from discrete_vi.exact import exact_chain_objective, exact_objective
+
+
+@pytest.fixture(scope="session")
+def exact_single() -> dict[str, torch.Tensor]:
+    """Exact gradients of the single-layer problem w.r.t. the logits and f's parameters, per example."""
+    logits = LOGITS.clone().requires_grad_(True)
+    params = single_layer_params(1)
+    objective = exact_objective(logits, single_layer_f(params)).sum()
+    grads = torch.autograd.grad(objective, [logits, *params.parameters()])
+    return dict(zip(["logits", "w", "v", "c"], grads))
+
+
+@pytest.fixture(scope="session")
+def exact_chain() -> dict[str, torch.Tensor]:
+    """Exact gradients of the two-layer chain w.r.t. the first logits and every parameter."""
+    logits = CHAIN_LOGITS.clone().requires_grad_(True)
+    params = chain_params(1)
+    layers, f = chain_model(params)
+    objective = exact_chain_objective(logits, layers, f).sum()
+    names = ["logits", *(n for n, _ in params.named_parameters())]
+    return dict(zip(names, torch.autograd.grad(objective, [logits, *params.parameters()])))

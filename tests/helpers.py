@@ -1,0 +1,258 @@
+"""What the tests share (fixtures built on these live in conftest.py):
+
+- the statistics of the unbiasedness checks (`max_z`);
+- the table of estimator cases, generated from the registry (`ESTIMATOR_CASES`): every
+  registered estimator (and variant) at several costs, its learned state moved away from its
+  initial values, so a new estimator is checked for the contract, unbiasedness, chains,
+  command-line training and compilation without editing any list;
+- the enumeration problems (`estimated_single_layer`, `estimated_chain`);
+- the command line's small run (`TINY`, `SMALL_EVAL`) and TensorBoard readers.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import Tensor, nn
+
+from discrete_vi.bernoulli import bernoulli_log_prob
+from discrete_vi.checks import ConfigurationError
+from discrete_vi.estimators import ESTIMATORS, VARIANTS, Estimator
+
+# --- statistics ---------------------------------------------------------------------------
+
+# Two-sided z threshold per coordinate. The suite compares a few thousand
+# coordinates; at 4.5 the chance that any correct one exceeds it is ~1%.
+Z_THRESHOLD = 4.5
+
+
+def z_scores(estimates: Tensor, exact: Tensor) -> Tensor:
+    """|mean - exact| / standard error, per coordinate. estimates: [N, ...]; exact: [...]."""
+    n = estimates.shape[0]
+    mean = estimates.double().mean(0)
+    standard_error = estimates.double().std(0) / n**0.5
+    return (mean - exact.double()).abs() / standard_error.clamp_min(1e-12)
+
+
+def max_z(estimates: Tensor, exact: Tensor) -> float:
+    return z_scores(estimates, exact).max().item()
+
+
+# --- the estimator cases, from the registry ------------------------------------------------
+
+COSTS = (1, 2, 3, 4, 5, 6)
+"""Evaluations of f per example at which every estimator is checked (where it accepts them)."""
+
+
+def randomised(estimator: Estimator, seed: int) -> Estimator:
+    """`estimator` with its learned state away from initialisation: every floating-point
+    parameter and buffer moved by a standard normal draw, every integer buffer (a step count)
+    by one. Unbiasedness must not depend on the state."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in [*estimator.parameters(), *estimator.buffers()]:
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn(tensor.shape, generator=g))
+            else:
+                tensor.add_(1)
+    return estimator
+
+
+@dataclass(frozen=True)
+class EstimatorCase:
+    """One registered estimator (or variant) at one cost."""
+
+    id: str
+    name: str
+    cost: int
+    build: Callable[[], Estimator]
+
+    def make(self) -> Estimator:
+        """A fresh instance, learned state randomised (the same for every call)."""
+        return randomised(self.build(), zlib.crc32(self.id.encode()))
+
+    @property
+    def cls(self) -> type[Estimator]:
+        return ESTIMATORS[self.name]
+
+
+def registry_cases() -> list[EstimatorCase]:
+    """Every registered estimator and variant at every cost of `COSTS` it accepts."""
+    labels = {name: (name, {}) for name in ESTIMATORS} | VARIANTS
+    cases = []
+    for label, (name, options) in labels.items():
+        for cost in COSTS:
+            try:
+                ESTIMATORS[name].at_cost(cost, **options)
+            except ConfigurationError:
+                continue  # e.g. an odd cost for antithetic pairs, one sample for RLOO
+            build = lambda name=name, cost=cost, options=options: ESTIMATORS[name].at_cost(cost, **options)  # noqa: E731
+            cases.append(EstimatorCase(f"{label}-{cost}", name, cost, build))
+    return cases
+
+
+ESTIMATOR_CASES = registry_cases()
+UNBIASED_CASES = [case for case in ESTIMATOR_CASES if not case.cls.biased]
+CHAIN_CASES = [case for case in UNBIASED_CASES if case.cls.supports_chains]
+# One case per registered estimator and variant, at the smallest cost it accepts from 2 up.
+ONE_PER_ESTIMATOR = list({case.id.rsplit("-", 1)[0]: case for case in reversed(ESTIMATOR_CASES) if case.cost >= 2}.values())[::-1]
+
+
+def case_ids(cases: list[EstimatorCase]) -> list[str]:
+    return [case.id for case in cases]
+
+
+# --- enumeration problems: exact gradients against many independent estimates --------------
+
+N_REPLICAS = 20000
+
+# Three examples, four units: moderate, saturated (|phi| ~ 6) and mixed logits.
+LOGITS = torch.tensor(
+    [
+        [0.3, -1.2, 2.0, -0.5],
+        [6.0, -6.0, 5.5, -6.2],
+        [0.0, 0.1, -0.1, 3.0],
+    ]
+)
+CHAIN_LOGITS = LOGITS[:, :3]
+
+
+class PerExampleParams(nn.Module):
+    """Parameters `[M, ...]` of a nonlinear f, one set per example: the gradient of each replica's
+    own parameters is an independent estimate too."""
+
+    def __init__(self, base: dict[str, Tensor], replicas: int):
+        super().__init__()
+        for name, value in base.items():
+            self.register_parameter(name, nn.Parameter(value.repeat(replicas, *([1] * (value.dim() - 1)))))
+
+
+def single_layer_params(replicas: int) -> PerExampleParams:
+    g = torch.Generator().manual_seed(1)
+    base = {"w": torch.randn(3, 4, generator=g), "v": torch.randn(3, 4, generator=g), "c": torch.randn(3, generator=g)}
+    return PerExampleParams(base, replicas)
+
+
+def single_layer_f(p: PerExampleParams):
+    """f(b) = (b.w + c)^2 - 2 softplus(b.v): [K, M, D] -> [K, M]."""
+    return lambda b: ((b * p.w).sum(-1) + p.c) ** 2 - 2 * nn.functional.softplus((b * p.v).sum(-1))
+
+
+def estimated_single_layer(estimator: Estimator, chunks: int = 1) -> dict[str, Tensor]:
+    """Per-replica estimates [N, 3, ...] of the gradients w.r.t. the logits and f's parameters,
+    from batched calls (`chunks` of them, to bound memory) and the contract: estimate = -M * grad
+    of the loss (M = the call's batch size)."""
+    replicas = N_REPLICAS // chunks
+    parts = []
+    for _ in range(chunks):
+        logits = LOGITS.repeat(replicas, 1).requires_grad_(True)
+        params = single_layer_params(replicas)
+        estimator(logits, single_layer_f(params)).loss.backward()
+        grads = {"logits": logits.grad, **{n: p.grad for n, p in params.named_parameters()}}
+        parts.append({name: (-logits.shape[0] * g).view(replicas, 3, *g.shape[1:]) for name, g in grads.items()})
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+def chain_params(replicas: int) -> PerExampleParams:
+    g = torch.Generator().manual_seed(2)
+    base = {
+        "layer_weight": torch.randn(3, 3, 3, generator=g),  # [example, in, out]
+        "layer_bias": torch.randn(3, 3, generator=g),
+        "w1": torch.randn(3, 3, generator=g),
+        "w2": torch.randn(3, 3, generator=g),
+        "c": torch.randn(3, generator=g),
+    }
+    return PerExampleParams(base, replicas)
+
+
+def chain_model(p: PerExampleParams):
+    """Layer 2 logits from b_1 and f(b_1, b_2), which also uses the detached logits the way a
+    VAE's -log q term does."""
+
+    def layer(b1):
+        return torch.einsum("kmi,mij->kmj", b1, p.layer_weight) + p.layer_bias
+
+    def f(samples, logits):
+        b1, b2 = samples
+        joint = (b1 * p.w1).sum(-1) + (b2 * p.w2).sum(-1) + p.c
+        return torch.sin(2 * joint) + 0.5 * joint**2 - bernoulli_log_prob(b2, logits[1])
+
+    return [layer], f
+
+
+def estimated_chain(estimator: Estimator):
+    """The call's output and per-replica estimates [N, 3, ...] for the two-layer chain."""
+    logits = CHAIN_LOGITS.repeat(N_REPLICAS, 1).requires_grad_(True)
+    params = chain_params(N_REPLICAS)
+    layers, f = chain_model(params)
+    out = estimator.chain(logits, layers, f)
+    out.loss.backward()
+    grads = {"logits": logits.grad, **{n: p.grad for n, p in params.named_parameters()}}
+    return out, {name: (-logits.shape[0] * g).view(N_REPLICAS, 3, *g.shape[1:]) for name, g in grads.items()}
+
+
+def decoder_objective(seed: int = 0, n_units: int = 4, n_pixels: int = 6):
+    """A small Bernoulli 'decoder' log-likelihood f(b) = log p(x | b): [K, B, D] -> [K, B]."""
+    g = torch.Generator().manual_seed(seed)
+    decoder = nn.Linear(n_units, n_pixels)
+    x = torch.bernoulli(torch.full((n_pixels,), 0.5), generator=g)
+
+    def f(b):
+        return -nn.functional.binary_cross_entropy_with_logits(
+            decoder(b), x.expand(*b.shape[:-1], -1), reduction="none"
+        ).sum(-1)
+
+    return decoder, f
+
+
+# --- the command line ----------------------------------------------------------------------
+
+TINY = [
+    "--seed_everything", "0",
+    "--data.dataset", "mnist_subset",
+    "--data.batch_size", "25",
+    "--data.eval_batch_size", "50",
+    "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "4",
+    "--trainer.limit_val_batches", "1",
+    "--trainer.limit_test_batches", "1",
+    "--trainer.log_every_n_steps", "1",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+]
+SMALL_EVAL = ["--model.val_samples", "5", "--model.test_samples", "20", "--model.eval_chunk", "8"]
+
+
+def estimator_args(case: EstimatorCase) -> list[str]:
+    """The command-line options that select a case's estimator."""
+    args = ["--model.estimator", case.name]
+    for key, value in case.build().config()["init_args"].items():
+        args += [f"--model.estimator.{key}", str(value)]
+    return args
+
+
+def events(log_dir) -> EventAccumulator:
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def scalars(log_dir) -> dict[str, list[float]]:
+    """Every scalar tag of a run folder -> its values."""
+    accumulator = events(log_dir)
+    return {tag: [e.value for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def steps_by_tag(log_dir) -> dict[str, list[int]]:
+    """Every scalar tag of a run folder -> the steps it was logged at."""
+    accumulator = events(log_dir)
+    return {tag: [e.step for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def only_version(tmp_path):
+    """The newest `lightning_logs/version_N` under `tmp_path`."""
+    return sorted((tmp_path / "lightning_logs").iterdir())[-1]
