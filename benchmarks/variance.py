@@ -25,6 +25,7 @@ from torch import nn
 
 from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.data.bundled import load_mnist_subset
+from discrete_vi.diagnostics import logit_estimates
 from discrete_vi.estimators import ARMS, RLOO, RODEO, DisARM, RLOODoubleCV
 from discrete_vi.toy import quadratic_problem, train_toy
 
@@ -80,15 +81,14 @@ def learn_state(estimator, inputs, make_f, encoder, steps: int, lr: float, batch
 
 def measure(estimator, x, make_f, encoder, draws: int, chunk: int) -> float:
     """Mean over examples and units of the variance over `draws` estimates of the logit gradient."""
-    estimator.eval()
     estimates = []
     torch.manual_seed(1)
     for _ in range(draws // chunk):
         repeated = x.repeat_interleave(chunk, 0)
-        logits = (encoder(repeated) if encoder is not None else repeated).clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(estimator(logits, make_f(repeated)).loss, logits)
-        estimates.append((-grad * logits.shape[0]).view(x.shape[0], chunk, -1))
-    estimator.train()
+        logits = encoder(repeated) if encoder is not None else repeated
+        f = make_f(repeated)
+        g = logit_estimates(estimator, logits, lambda samples, _logits: f(samples[0]))
+        estimates.append(g.view(x.shape[0], chunk, -1))
     return torch.cat(estimates, 1).var(1).mean().item()
 
 

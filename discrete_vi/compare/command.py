@@ -14,23 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from discrete_vi.compare.grid import GridError, expand, parse_grid
+from discrete_vi.compare.grid import expand, parse_grid
+from discrete_vi.compare.report import find_runs, read_run, summarize, write_report
 from discrete_vi.compare.runner import Job, Outcome, cpu_count, is_done, run_local, run_ray, threads_per_job
-
-PROG = "discrete-vi"
-
-
-def fail(message: str) -> None:
-    """One line on stderr, exit status 2 (as the rest of the command line)."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line and exit status 2."""
-
-    def error(self, message: str) -> None:  # noqa: D401 (argparse's signature)
-        fail(f"{message} (see {self.prog} --help)")
+from discrete_vi.console import PROG, OneLineParser, fail, user_errors_in_one_line
 
 
 def compare_parser() -> OneLineParser:
@@ -54,7 +41,7 @@ def compare_parser() -> OneLineParser:
     parser.add_argument("--out", required=True, help="folder of the comparison: one sub-folder per run, and the report")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (torch threads per run: cores // jobs)")
     parser.add_argument("--launcher", choices=("local", "ray"), default="local",
-                        help="local: a pool of processes on this machine; ray: tasks on a Ray cluster (pip install 'discrete-vi[ray]')")
+                        help="local: a pool of processes on this machine; ray: tasks on a Ray cluster (needs Ray: pip install 'ray[default]')")
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster address (e.g. auto, ray://head:10001); default: start a local Ray")
     parser.add_argument("--threads", type=int, default=None,
@@ -106,8 +93,6 @@ class ProgressPrinter:
 
     @staticmethod
     def _numbers(job: Job, outcome: Outcome) -> str:
-        from discrete_vi.compare.report import read_run, summarize
-
         run = read_run(Path(job.folder))
         if run is None:
             return "no logs"
@@ -127,10 +112,8 @@ def compare(argv: list[str]) -> int:
     for config in options.config:
         if not Path(config).is_file():
             fail(f"config file {config} does not exist")
-    try:
+    with user_errors_in_one_line():
         runs = expand(parse_grid(options.grid))
-    except GridError as error:
-        fail(str(error))
     out = Path(options.out)
     base = [arg for config in options.config for arg in ("--config", str(Path(config).resolve()))]
     if options.launcher == "ray":
@@ -150,10 +133,8 @@ def compare(argv: list[str]) -> int:
     progress = ProgressPrinter(len(jobs))
     start = time.time()
     if options.launcher == "ray":
-        try:
+        with user_errors_in_one_line():
             outcomes = run_ray(jobs, options.ray_address, progress)
-        except RuntimeError as error:
-            fail(str(error))
     else:
         outcomes = run_local(jobs, options.jobs, progress)
     failed = [o for o in outcomes if o.status == "failed"]
@@ -169,8 +150,6 @@ def compare(argv: list[str]) -> int:
 
 
 def write_and_say(out: Path) -> None:
-    from discrete_vi.compare.report import write_report
-
     runs, written = write_report(out)
     print(f"{PROG} report: {len(runs)} runs -> {', '.join(str(p) for p in written)}", flush=True)
 
@@ -180,8 +159,6 @@ def report(argv: list[str]) -> int:
     out = Path(options.out)
     if not out.is_dir():
         fail(f"{out} is not a folder of runs")
-    from discrete_vi.compare.report import find_runs
-
     if not find_runs(out):
         fail(f"no runs in {out}: expected sub-folders holding lightning_logs/ (or {out}/lightning_logs itself)")
     write_and_say(out)

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from discrete_vi.checks import UserError
 
-class GridError(ValueError):
+
+class GridError(UserError, ValueError):
     """A `--grid` option a user wrote wrong (reported in one line, exit status 2)."""
 
 

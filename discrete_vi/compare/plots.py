@@ -1,6 +1,9 @@
 """The papers' two figures for a comparison: training ELBO against steps and gradient variance
 against steps, one colour per configuration (mean over seeds, min-max band). matplotlib is an
-optional extra (`pip install 'discrete-vi[plot]'`), imported only here."""
+optional extra, imported only here.
+
+A leaf: the figures take runs already grouped by configuration (`label -> runs`, each run with
+`scalars`: tag -> (steps, values, wall times)), as `report.group` makes them."""
 
 from __future__ import annotations
 
@@ -56,10 +59,10 @@ def _legend(ax) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
-def _groups(runs, keys):
-    from discrete_vi.compare.report import group
-
-    return group(runs)
+def _having(groups: dict, tag: str) -> dict:
+    """The groups' runs that logged `tag`, without the groups left empty."""
+    kept = {label: [r for r in members if r.scalars.get(tag, ([],))[0]] for label, members in groups.items()}
+    return {label: members for label, members in kept.items() if members}
 
 
 def _band(ax, x, curves: np.ndarray, colour, label, log10: bool = False) -> None:
@@ -77,19 +80,19 @@ def _band(ax, x, curves: np.ndarray, colour, label, log10: bool = False) -> None
         ax.fill_between(x[ok], low[ok], high[ok], color=colour, alpha=0.2, lw=0)
 
 
-def plot_training_elbo(runs, keys, path: Path, n_bins: int = 100) -> Path | None:
+def plot_training_elbo(groups: dict, path: Path, n_bins: int = 100) -> Path | None:
     """Training ELBO (nats) against steps: each run's train/elbo averaged in `n_bins` bins of
     steps (the smoothing), then mean and min-max over the seeds of a configuration."""
     plt = _pyplot()
-    with_elbo = [r for r in runs if r.scalars.get("train/elbo", ([],))[0]]
+    with_elbo = _having(groups, "train/elbo")
     if not with_elbo:
         return None
-    top = max(r.scalars["train/elbo"][0][-1] for r in with_elbo)
+    top = max(r.scalars["train/elbo"][0][-1] for members in with_elbo.values() for r in members)
     edges = np.linspace(0, top + 1, n_bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
     fig, ax = plt.subplots(figsize=(10, 4.6), dpi=120)
     lows = []
-    for i, (label, members) in enumerate(_groups(with_elbo, keys).items()):
+    for i, (label, members) in enumerate(with_elbo.items()):
         curves = np.stack([binned(*r.scalars["train/elbo"][:2], edges) for r in members])
         _band(ax, centres, curves, colour_for(plt, label, i), label)
         tail = curves[:, n_bins // 10:]
@@ -108,18 +111,18 @@ def plot_training_elbo(runs, keys, path: Path, n_bins: int = 100) -> Path | None
     return path
 
 
-def plot_gradient_variance(runs, keys, path: Path, tag: str = "train/grad_variance", title: str | None = None) -> Path | None:
+def plot_gradient_variance(groups: dict, path: Path, tag: str = "train/grad_variance") -> Path | None:
     """Gradient variance against steps, log scale: geometric mean over the seeds of a
     configuration (mean of log10), min-max band."""
     plt = _pyplot()
-    with_var = [r for r in runs if r.scalars.get(tag, ([],))[0]]
+    with_var = _having(groups, tag)
     if not with_var:
         return None
     fig, ax = plt.subplots(figsize=(10, 4.6), dpi=120)
-    for i, (label, members) in enumerate(_groups(with_var, keys).items()):
+    for i, (label, members) in enumerate(with_var.items()):
         steps, curves = _log10_curves(members, tag)
         _band(ax, np.asarray(steps, dtype=float), curves, colour_for(plt, label, i), label, log10=True)
-    return _save_variance_figure(plt, fig, ax, path, title or "Gradient variance along each run (encoder parameters)\n"
+    return _save_variance_figure(plt, fig, ax, path, "Gradient variance along each run (encoder parameters)\n"
                                  "line: geometric mean over seeds, band: min-max")
 
 
@@ -135,7 +138,7 @@ def _log10_curves(members, tag: str):
     return steps, curves
 
 
-def plot_basket(runs, path: Path) -> Path | None:
+def plot_basket(runs: list, path: Path) -> Path | None:
     """The variance basket (`variance/<estimator>`, EstimatorVarianceBasket) against steps, log
     scale: one line per basket estimator, geometric mean over every run that logged it (at each
     step all estimators are measured at the same parameters and batch of each run), min-max band."""
@@ -168,11 +171,13 @@ def _save_variance_figure(plt, fig, ax, path: Path, title: str) -> Path:
     return path
 
 
-def write_plots(runs, out: Path, keys: list[str]) -> list[Path]:
+def write_plots(groups: dict, out: Path) -> list[Path]:
     """`training_elbo.png`, `gradient_variance.png` and, for runs with a variance basket,
-    `variance_basket.png` in `out` (those with data). Raises MatplotlibMissing without matplotlib."""
+    `variance_basket.png` in `out` (those with data), from runs grouped by configuration.
+    Raises MatplotlibMissing without matplotlib."""
     _pyplot()
-    made = [plot_training_elbo(runs, keys, out / "training_elbo.png"),
-            plot_gradient_variance(runs, keys, out / "gradient_variance.png"),
+    runs = [r for members in groups.values() for r in members]
+    made = [plot_training_elbo(groups, out / "training_elbo.png"),
+            plot_gradient_variance(groups, out / "gradient_variance.png"),
             plot_basket(runs, out / "variance_basket.png")]
     return [p for p in made if p is not None]

@@ -19,6 +19,8 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from discrete_vi.checkpoints import LOGS_FOLDER
+from discrete_vi.compare import plots
+from discrete_vi.compare.grid import short_keys, short_value
 from discrete_vi.compare.runner import DONE_FILE, RUN_FILE
 
 SEED_KEY = "seed_everything"
@@ -52,8 +54,6 @@ class RunData:
 
     def config_label(self, keys: list[str]) -> str:
         """The run's configuration without its seed (what runs are grouped by)."""
-        from discrete_vi.compare.grid import short_keys, short_value
-
         labels = short_keys(keys)
         parts = [f"{labels[k]}={short_value(self.values[k])}" for k in keys if k != SEED_KEY and k in self.values]
         return " ".join(parts) or "all"
@@ -247,17 +247,15 @@ def write_report_md(runs: list[RunData], out: Path, plots: list[Path], plot_note
 def write_report(out: Path, header: str = "") -> tuple[list[RunData], list[Path]]:
     """Read every run under `out`; write `results.csv`, `report.md` and the plots. Returns the
     runs and the files written."""
-    from discrete_vi.compare import plots
-
     out = Path(out)
     runs = find_runs(out)
     written = [out / "results.csv"]
     write_results_csv(runs, written[0])
     try:
-        pictures = plots.write_plots(runs, out, grid_keys(runs))
+        pictures = plots.write_plots(group(runs), out)
         note = None
     except plots.MatplotlibMissing:
-        pictures, note = [], "Plots need matplotlib: `pip install 'discrete-vi[plot]'`, then `discrete-vi report OUT`."
+        pictures, note = [], "Plots need matplotlib: `pip install matplotlib` (or `pip install -e '.[plot]'` in a checkout of discrete-vi), then `discrete-vi report OUT`."
     written += pictures
     written.append(write_report_md(runs, out, pictures, note, header))
     return runs, written

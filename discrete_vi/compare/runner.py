@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from discrete_vi.checkpoints import find_last_checkpoint
+from discrete_vi.checks import ConfigurationError
 
 RUN_FILE = "run.json"
 DONE_FILE = "done.json"
@@ -199,7 +200,7 @@ def run_ray(jobs: list[Job], address: str | None, progress: Progress) -> list[Ou
     try:
         import ray
     except ImportError:
-        raise RuntimeError("--launcher ray needs Ray: pip install 'discrete-vi[ray]'") from None
+        raise ConfigurationError("--launcher ray needs Ray: pip install 'ray[default]' (or pip install -e '.[ray]' in a checkout of discrete-vi)") from None
     started_here = not ray.is_initialized()
     if started_here:
         env = child_environment(1)

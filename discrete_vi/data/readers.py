@@ -106,7 +106,7 @@ def read_omniglot_chardata(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         import scipy.io
     except ImportError as error:
         raise ImportError(
-            "Reading Omniglot's chardata.mat needs scipy: pip install 'discrete-vi[omniglot]' (or pip install scipy)."
+            "Reading Omniglot's chardata.mat needs scipy: pip install scipy (or pip install -e '.[omniglot]' in a checkout of discrete-vi)."
         ) from error
     path = Path(path)
     try:

@@ -2,7 +2,7 @@
 estimators for a few thousand steps through the command line, and print the
 validation ELBO and 100-sample bound at the start and the end of each run.
 
-    python scripts/train_check.py --steps 3000 [--estimators ARMS:2 RODEO:2 DisARM:1 ...] [--seed 0]
+    python benchmarks/train_check.py --steps 3000 [--estimators ARMS:2 RODEO:2 DisARM:1 ...] [--seed 0]
 
 `NAME:N` sets the estimator's size (`n_pairs` for ARM/DisARM, else `n_samples`).
 Runs go to `--root` (a temporary folder by default); one line per estimator.
