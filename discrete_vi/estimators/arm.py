@@ -22,14 +22,8 @@ from torch import Tensor
 
 from discrete_vi.bernoulli import ChainSample, LogitsLayer, complete_chain, sample_chain
 from discrete_vi.checks import ConfigurationError, check_count
-from discrete_vi.estimators.base import (
-    ChainObjective,
-    Estimator,
-    EstimatorOutput,
-    evaluate_objective,
-    float32_arithmetic,
-    surrogate_loss,
-)
+from discrete_vi.estimators.base import ChainObjective, Estimator, EstimatorOutput, evaluate_objective
+from discrete_vi.estimators.base import float32_arithmetic, surrogate_loss
 
 
 def _twice(tensors: list[Tensor]) -> list[Tensor]:

@@ -37,14 +37,8 @@ from torch import Tensor
 
 from discrete_vi.bernoulli import ChainSample, LogitsLayer, complete_chain, sample_chain
 from discrete_vi.checks import check_count
-from discrete_vi.estimators.base import (
-    ChainObjective,
-    Estimator,
-    EstimatorOutput,
-    evaluate_objective,
-    float32_arithmetic,
-    surrogate_loss,
-)
+from discrete_vi.estimators.base import ChainObjective, Estimator, EstimatorOutput, evaluate_objective
+from discrete_vi.estimators.base import float32_arithmetic, surrogate_loss
 
 
 def dirichlet_copula_uniforms(shape: Sequence[int], device: torch.device) -> Tensor:

@@ -32,13 +32,8 @@ from torch import Tensor, nn
 
 from discrete_vi.bernoulli import LogitsLayer, draw_bernoulli
 from discrete_vi.checks import check_count, check_positive
-from discrete_vi.estimators.base import (
-    ChainObjective,
-    Estimator,
-    EstimatorOutput,
-    evaluate_objective,
-    float32_arithmetic,
-)
+from discrete_vi.estimators.base import ChainObjective, Estimator, EstimatorOutput, evaluate_objective
+from discrete_vi.estimators.base import float32_arithmetic
 
 
 class BackwardInputs:

@@ -33,14 +33,8 @@ from torchmetrics import MeanMetric
 
 from discrete_vi.bernoulli import LogitsLayer, sample_chain
 from discrete_vi.checkpoints import check_checkpoint_fits, fit_estimator_state
-from discrete_vi.checks import (
-    ConfigurationError,
-    NonFiniteObjectiveError,
-    check_choice,
-    check_count,
-    check_input_size,
-    check_positive,
-)
+from discrete_vi.checks import ConfigurationError, NonFiniteObjectiveError, check_choice, check_count
+from discrete_vi.checks import check_input_size, check_positive
 from discrete_vi.estimators import RLOO, Estimator, EstimatorOutput
 from discrete_vi.estimators.base import deferred_finite_check
 from discrete_vi.scalars import completes_optimizer_step, write_scalars

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from discrete_vi.bernoulli import bernoulli_log_prob, sample_chain
 from discrete_vi.estimators import Estimator
 from discrete_vi.checks import ConfigurationError, check_sizes
-from discrete_vi.models.model import BinaryLatentModule, CompileMode
+from discrete_vi.models.model import BinaryLatentModule
 
 IMAGE_PIXELS = 784
 
@@ -36,12 +36,8 @@ class SigmoidBeliefNet(BinaryLatentModule):
         estimator: the gradient estimator (default `RLOO(n_samples=2)`).
         input_size: pixels per whole image (784; the command line sets it from the data).
         latent_sizes: binary units per stochastic layer (`[200, 200]` as in the ARM paper).
-        lr: Adam learning rate.
-        val_samples: M of the M-sample bound at validation.
-        test_samples: M of the M-sample bound at test and predict.
-        eval_chunk: samples evaluated at once during evaluation (bounds memory).
-        compile: compile the training loss with torch.compile (see `BinaryLatentModule`).
-        compile_mode: torch.compile's mode: "default", "reduce-overhead" (CUDA graphs) or "max-autotune".
+        **kwargs: `BinaryLatentModule`'s options (lr; val_samples and test_samples: M of the M-sample
+            bound at validation and at test; eval_chunk, compile, compile_mode).
     """
 
     def __init__(
@@ -49,14 +45,9 @@ class SigmoidBeliefNet(BinaryLatentModule):
         estimator: Estimator | None = None,
         input_size: int = IMAGE_PIXELS,
         latent_sizes: tuple[int, ...] = (200, 200),
-        lr: float = 1e-3,
-        val_samples: int = 100,
-        test_samples: int = 1000,
-        eval_chunk: int = 100,
-        compile: bool = False,
-        compile_mode: CompileMode = "default",
+        **kwargs,
     ):
-        super().__init__(estimator, lr, val_samples, test_samples, eval_chunk, compile, compile_mode)
+        super().__init__(estimator=estimator, **kwargs)
         if input_size != IMAGE_PIXELS:
             raise ConfigurationError(f"SigmoidBeliefNet splits 28x28 images: input_size must be {IMAGE_PIXELS}, got {input_size}")
         latent_sizes = check_sizes("latent_sizes", latent_sizes)

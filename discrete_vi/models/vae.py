@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from discrete_vi.bernoulli import bernoulli_log_prob, draw_bernoulli, sample_chain
 from discrete_vi.estimators import Estimator
 from discrete_vi.checks import ConfigurationError, check_count, check_positive, check_range, check_sizes
-from discrete_vi.models.model import BinaryLatentModule, CompileMode
+from discrete_vi.models.model import BinaryLatentModule
 from discrete_vi.models.networks import Network, check_network, make_network, output_layer
 
 
@@ -35,17 +35,12 @@ class BinaryVAE(BinaryLatentModule):
             (`[200]`: one layer; `[200, 200]`: two).
         network: "linear" (one affine map between layers) or "nonlinear" (two hidden LeakyReLU(0.3) layers).
         hidden_size: width of the deterministic layers of nonlinear networks.
-        lr: Adam learning rate of every part without a rate of its own.
         encoder_lr: Adam learning rate of the encoder (default: lr).
         decoder_lr: Adam learning rate of the decoder (default: lr).
         prior_lr: Adam learning rate of the prior's logits (default: lr); 0 freezes the prior.
         demean: subtract the training mean from the encoder's input (as DisARM's code does).
         init_output_bias: set the decoder's output bias to the logit of the training mean before training.
-        val_samples: S of the S-sample bound at validation.
-        test_samples: S of the S-sample bound at test and predict.
-        eval_chunk: samples evaluated at once during evaluation (bounds memory).
-        compile: compile the training loss with torch.compile (see `BinaryLatentModule`).
-        compile_mode: torch.compile's mode: "default", "reduce-overhead" (CUDA graphs) or "max-autotune".
+        **kwargs: `BinaryLatentModule`'s options (lr, val_samples, test_samples, eval_chunk, compile, compile_mode).
     """
 
     def __init__(
@@ -55,19 +50,14 @@ class BinaryVAE(BinaryLatentModule):
         latent_sizes: tuple[int, ...] = (200,),
         network: Network = "linear",
         hidden_size: int = 200,
-        lr: float = 1e-3,
         encoder_lr: float | None = None,
         decoder_lr: float | None = None,
         prior_lr: float | None = None,
         demean: bool = False,
         init_output_bias: bool = True,
-        val_samples: int = 100,
-        test_samples: int = 1000,
-        eval_chunk: int = 100,
-        compile: bool = False,
-        compile_mode: CompileMode = "default",
+        **kwargs,
     ):
-        super().__init__(estimator, lr, val_samples, test_samples, eval_chunk, compile, compile_mode)
+        super().__init__(estimator=estimator, **kwargs)
         latent_sizes = check_sizes("latent_sizes", latent_sizes)
         check_count("input_size", input_size, 1)
         check_network(network)
