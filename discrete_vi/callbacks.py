@@ -5,6 +5,8 @@ they work on the global rank 0 only, where the loggers write), and `predict`'s C
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -216,3 +218,78 @@ class PredictionWriter(BasePredictionWriter):
             file.writelines(f"{i}," + ",".join(f"{v:.6f}" for v in row) + "\n" for i, row in enumerate(rows))
         partial_file.replace(self.path)
         say(f"predictions for {len(rows)} examples written to {self.path}")
+
+
+class ThreadTuner(pl.Callback):
+    """Keeps torch's CPU thread count at whichever of 1 and `max_threads` trains faster, as the
+    machine's load changes (the default on CPU when no thread count is given; `threads.py`).
+
+    Several threads help a step of small operations only while every thread has a core: beside
+    other busy processes each parallel operation waits for a descheduled thread, and a step
+    slows 10x or more, where one thread slows by its fair share. So the tuner times training
+    steps (the batch, forward to optimizer step), and from time to time runs a few steps at the
+    other count: it keeps the faster (by more than `tolerance`), gives up a trial step that takes
+    over 3x the current median, tries again at once if steps become 1.5x slower than when the
+    count was chosen, and otherwise waits twice as long after each lost trial (`period` up to
+    `max_period` steps). The thread count changes the order of some floating-point sums, so runs
+    are bitwise reproducible only with a fixed count (`--threads N`).
+
+    Args:
+        max_threads: the other thread count tried besides 1.
+        warmup: steps before the first measurement.
+        trial_steps: steps timed per measurement (median).
+        period: steps between trials after a won trial.
+        max_period: the longest wait between trials.
+        tolerance: relative speed-up that a trial must show to switch.
+    """
+
+    def __init__(self, max_threads: int, warmup: int = 20, trial_steps: int = 8, period: int = 256,
+                 max_period: int = 8192, tolerance: float = 0.05):
+        self.counts = (max(1, max_threads), 1)
+        self.warmup, self.trial_steps = warmup, trial_steps
+        self.base_period, self.max_period, self.tolerance = period, max_period, tolerance
+        self.period, self.next_trial, self.steps = period, warmup, 0
+        self.current, self.baseline, self.trial = self.counts[0], None, None
+        self.recent: list[float] = []
+        self._start = 0.0
+
+    def on_train_start(self, trainer, pl_module):
+        torch.set_num_threads(self.current)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        seconds = time.perf_counter() - self._start
+        self.steps += 1
+        if self.steps <= self.warmup:
+            return
+        if self.trial is not None:
+            self._trial_step(seconds)
+            return
+        self.recent = (self.recent + [seconds])[-self.trial_steps:]
+        if len(self.recent) < self.trial_steps:
+            return
+        median = statistics.median(self.recent)
+        if self.baseline is None:
+            self.baseline = median
+        if self.steps >= self.next_trial or median > 1.5 * self.baseline:  # due, or the machine got busier
+            self.baseline, self.trial = median, []
+            torch.set_num_threads(self._other())
+
+    def _other(self) -> int:
+        return self.counts[1] if self.current == self.counts[0] else self.counts[0]
+
+    def _trial_step(self, seconds: float) -> None:
+        self.trial.append(seconds)
+        lost = seconds > 3 * self.baseline
+        if not lost and len(self.trial) < self.trial_steps:
+            return
+        won = not lost and statistics.median(self.trial) < (1 - self.tolerance) * self.baseline
+        if won:
+            self.current, self.period = self._other(), self.base_period
+        else:
+            self.period = min(2 * self.period, self.max_period)
+        torch.set_num_threads(self.current)
+        self.trial, self.recent, self.baseline = None, [], None
+        self.next_trial = self.steps + self.period

@@ -37,20 +37,22 @@ import inspect
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+import torch
 import yaml
 from pytorch_lightning.callbacks import BasePredictionWriter, ProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from discrete_vi.callbacks import PredictionWriter
+from discrete_vi.callbacks import PredictionWriter, ThreadTuner
 from discrete_vi.checkpoints import AtomicCheckpointIO, RunCheckpoint, check_checkpoint_fits, plan_run
-from discrete_vi.checks import UserError, check_input_size
+from discrete_vi.checks import UserError, check_count, check_input_size
 from discrete_vi.console import PROG, fail, say, user_errors_in_one_line
 from discrete_vi.data import BinarizedImageDataModule
 from discrete_vi.estimators import ESTIMATORS, Estimator
 from discrete_vi.models import MODELS, BinaryLatentModule
+from discrete_vi.threads import fixed_thread_count, usable_cores
 
 PROGRESS_BAR_REFRESH_STEPS = 10
 """The progress bar is redrawn every this many steps (Lightning's default bar redraws every step)."""
@@ -186,6 +188,9 @@ class DiscreteVICLI(LightningCLI):
         parser.add_class_arguments(RunCheckpoint, "last_checkpoint", instantiate=False)
         parser.set_defaults({**CHECKPOINT_DEFAULTS, "model": {"class_path": "discrete_vi.models.BinaryVAE"}})
         parser.link_arguments("data.input_size", "model.init_args.input_size", apply_on="instantiate")
+        parser.add_argument("--threads", type=Optional[int], default=None,
+                            help="torch's CPU threads (default: OMP_NUM_THREADS if set, else tuned during "
+                                 "training between 1 and the usable cores, whichever is faster; see discrete_vi/threads.py)")
 
     def parse_arguments(self, parser, args) -> None:
         """Check the raw arguments, parse them, then plan the run (`plan_run`) and take the model's
@@ -200,9 +205,12 @@ class DiscreteVICLI(LightningCLI):
         super().parse_arguments(parser, args)
         self.plan = None
         subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        self.fixed_threads = fixed_thread_count(config.get("threads"))
+        if self.fixed_threads is not None:
+            torch.set_num_threads(check_count("threads", self.fixed_threads, 1))
         if not subcommand:
             return
-        config = self.config[subcommand]
         refuse_optimizer_options(config)
         self.plan = plan_run(subcommand, config.get("ckpt_path"), config.trainer.get("default_root_dir"))
         config.ckpt_path = self.plan.ckpt_path
@@ -267,8 +275,18 @@ class DiscreteVICLI(LightningCLI):
             callbacks.append(PredictionWriter())
         if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
+        if self.tunes_threads(trainer_config) and not any(isinstance(c, ThreadTuner) for c in callbacks):
+            callbacks.append(ThreadTuner(max_threads=usable_cores()))
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
+
+    def tunes_threads(self, trainer_config: dict) -> bool:
+        """Whether the thread count is left to `ThreadTuner`: training on a CPU with several cores,
+        no thread count given (`--threads`, OMP_NUM_THREADS), no deterministic run asked for."""
+        accelerator = str(trainer_config.get("accelerator") or "auto")
+        on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+        return (self.subcommand in ("fit", None) and on_cpu and getattr(self, "fixed_threads", None) is None
+                and usable_cores() > 1 and not trainer_config.get("deterministic"))
 
     def default_logger(self, default_root_dir: str | None) -> TensorBoardLogger:
         """TensorBoard in the planned run folder (a new `version_N` unless resuming or evaluating a run)."""

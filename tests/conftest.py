@@ -1,5 +1,6 @@
 """Fixtures shared by the test modules (what they are built from: helpers.py)."""
 
+import discrete_vi  # noqa: F401 (first: its thread settings apply before torch is loaded, as for users)
 import pytest
 import torch
 from helpers import CHAIN_LOGITS, LOGITS, chain_model, chain_params, single_layer_f, single_layer_params

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from discrete_vi.compare.grid import expand, parse_grid
 from discrete_vi.compare.report import find_runs, read_run, summarize, write_report
-from discrete_vi.compare.runner import Job, Outcome, cpu_count, is_done, run_local, run_ray, threads_per_job
+from discrete_vi.compare.runner import Job, Outcome, is_done, run_local, run_ray
 from discrete_vi.console import PROG, OneLineParser, fail, user_errors_in_one_line
+from discrete_vi.threads import threads_per_job, usable_cores
 
 
 def compare_parser() -> OneLineParser:
@@ -128,7 +129,7 @@ def compare(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     reused = sum(is_done(job.folder) for job in jobs)
     where = (f"Ray ({options.ray_address or 'local'})" if options.launcher == "ray"
-             else f"{options.jobs} at once, {threads} torch thread(s) each, {cpu_count()} cores")
+             else f"{options.jobs} at once, {threads} torch thread(s) each, {usable_cores()} cores")
     print(f"{PROG} compare: {len(jobs)} runs ({reused} finished already) in {out}, {where}", flush=True)
     progress = ProgressPrinter(len(jobs))
     start = time.time()

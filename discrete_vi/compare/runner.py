@@ -22,6 +22,7 @@ from typing import Callable
 
 from discrete_vi.checkpoints import find_last_checkpoint
 from discrete_vi.checks import ConfigurationError
+from discrete_vi.threads import bounded_spinning, usable_cores
 
 RUN_FILE = "run.json"
 DONE_FILE = "done.json"
@@ -60,19 +61,6 @@ class Outcome:
     extra: dict = field(default_factory=dict)
 
 
-def cpu_count() -> int:
-    """Cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def threads_per_job(jobs: int, cores: int | None = None) -> int:
-    """Torch threads per run so that jobs x threads <= cores (at least 1)."""
-    return max(1, (cores or cpu_count()) // max(1, jobs))
-
-
 def write_json_atomically(path: Path, data: dict) -> None:
     """Write JSON to a temporary file beside `path`, then rename it into place."""
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
@@ -93,13 +81,15 @@ def command_prefix() -> list[str]:
 
 def child_environment(threads: int) -> dict[str, str]:
     """The parent's environment, the package's location on PYTHONPATH (so the child imports the
-    same `discrete_vi`), and `threads` torch threads (OMP_NUM_THREADS, MKL_NUM_THREADS)."""
+    same `discrete_vi`), `threads` torch threads (OMP_NUM_THREADS, MKL_NUM_THREADS) and idle
+    threads that spin briefly (`threads.bounded_spinning`, unless the user set how they wait)."""
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if package_root not in paths:
         env["PYTHONPATH"] = os.pathsep.join([package_root, *paths])
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    bounded_spinning(env)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -208,7 +198,7 @@ def run_ray(jobs: list[Job], address: str | None, progress: Progress) -> list[Ou
         if address:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         else:
-            ray.init(num_cpus=cpu_count(), include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+            ray.init(num_cpus=usable_cores(), include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
     try:
         remote = ray.remote(execute_and_time)
         pending = {}

@@ -166,11 +166,11 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
             first = torch.full((), -1, dtype=torch.long, device=elbo.device)
         self._first_nonfinite_step = torch.where(~torch.isfinite(elbo.detach()) & (first < 0), self.global_step, first)
 
-    def check_divergence(self) -> None:
-        """Raise NonFiniteObjectiveError naming the first step whose objective was not finite, if any."""
-        if self._first_nonfinite_step is None:
-            return
-        step = int(self._first_nonfinite_step)
+    def check_divergence(self, step: int | None = None) -> None:
+        """Raise NonFiniteObjectiveError naming the first step whose objective was not finite, if any
+        (`step`: that step as already read from the device, -1 for none)."""
+        if step is None:
+            step = -1 if self._first_nonfinite_step is None else int(self._first_nonfinite_step)
         if step >= 0:
             raise NonFiniteObjectiveError(
                 f"training diverged at step {step}: f returned non-finite values (nan or inf). Try a lower "
@@ -199,8 +199,11 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         every = trainer.log_every_n_steps
         if not every or not completes_optimizer_step(trainer, batch_idx) or (trainer.global_step + 1) % every:
             return
-        self.check_divergence()
-        numbers = {name: value.item() for name, value in values.items()}
+        # One host synchronisation for all of them and the divergence check: a single copy to the host.
+        first = self._first_nonfinite_step if self._first_nonfinite_step is not None else torch.tensor(-1)
+        *read, step = torch.stack([value.double() for value in [*values.values(), first.to(values["train/elbo"].device)]]).tolist()
+        self.check_divergence(int(step))
+        numbers = dict(zip(values, read))
         write_scalars(trainer, numbers, trainer.global_step)
         trainer.progress_bar_metrics.update({k: v for k, v in numbers.items() if k.startswith("train/")})
 
