@@ -101,14 +101,17 @@ class EstimatorVarianceBasket(pl.Callback):
     class is the model's estimator itself (its learned state as trained). Any other entry
     with learned state (the double-CV alpha, a moving-average baseline) is a copy of its own
     that learns it at the current parameters before each measurement: `adapt_steps` updates
-    on the current batch (Adam at the estimator's rate times `adapt_lr_scale` for its
-    parameters), continuing from the previous measurement's state.
+    on the current batch before the first (Adam at the estimator's rate times `adapt_lr_scale`
+    for its parameters), `readapt_steps` before each later one, continuing from the previous
+    measurement's state (which follows the slowly moving model: about a fifth of the first
+    adaptation's cost, the largest part of the basket's).
 
     Args:
         estimators: labels of the basket.
         every_n_steps: optimizer steps between measurements.
         n_draws: independent estimates per estimator and measurement (>= 2).
-        adapt_steps: state updates before each measurement, for estimators with learned state.
+        adapt_steps: state updates before the first measurement, for estimators with learned state.
+        readapt_steps: state updates before each later measurement (default: adapt_steps // 5).
         adapt_lr_scale: multiplies the estimator's own learning rate while adapting.
     """
 
@@ -118,6 +121,7 @@ class EstimatorVarianceBasket(pl.Callback):
         every_n_steps: int = 1000,
         n_draws: int = 8,
         adapt_steps: int = 100,
+        readapt_steps: int | None = None,
         adapt_lr_scale: float = 10.0,
     ):
         available = list(estimators_at(2))
@@ -130,6 +134,7 @@ class EstimatorVarianceBasket(pl.Callback):
         self.every_n_steps = check_count("every_n_steps", every_n_steps, 1)
         self.n_draws = check_count("n_draws", n_draws, 2)
         self.adapt_steps = check_count("adapt_steps", adapt_steps, 0)
+        self.readapt_steps = check_count("readapt_steps", adapt_steps // 5 if readapt_steps is None else readapt_steps, 0)
         self.adapt_lr_scale = check_positive("adapt_lr_scale", adapt_lr_scale)
         self._basket: dict[str, torch.nn.Module] | None = None
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -147,7 +152,7 @@ class EstimatorVarianceBasket(pl.Callback):
                 self._optimizers[label] = torch.optim.Adam(params, lr=(candidate.lr or pl_module.lr) * self.adapt_lr_scale)
         return basket
 
-    def _adapt(self, pl_module, label: str, estimator, batch: torch.Tensor) -> None:
+    def _adapt(self, pl_module, label: str, estimator, batch: torch.Tensor, steps: int) -> None:
         """Learn `estimator`'s state at the current model parameters on `batch` (model untouched)."""
         optimizer = self._optimizers.get(label)
         has_buffers = any(True for _ in estimator.buffers())
@@ -157,7 +162,7 @@ class EstimatorVarianceBasket(pl.Callback):
         with torch.enable_grad():
             first_logits, layers = pl_module.stochastic_layers(batch)
             leaf = first_logits.detach().requires_grad_(True)
-            for _ in range(self.adapt_steps):
+            for _ in range(steps):
                 loss = estimator.chain(leaf, layers, partial(pl_module.objective, batch)).loss
                 if optimizer is not None:
                     optimizer.zero_grad()
@@ -177,13 +182,14 @@ class EstimatorVarianceBasket(pl.Callback):
     def measure(self, pl_module, batch: torch.Tensor) -> dict[str, float]:
         """Label -> encoder-parameter gradient variance of each basket estimator, at the model's
         current parameters, on `batch` (after adapting learned state)."""
+        steps = self.adapt_steps if self._basket is None else self.readapt_steps
         if self._basket is None:
             self._basket = self._build(pl_module)
         values = {}
         batch = batch.detach()
         for label, estimator in self._basket.items():
             if estimator is not pl_module.estimator:
-                self._adapt(pl_module, label, estimator, batch)
+                self._adapt(pl_module, label, estimator, batch, steps)
             values[label] = encoder_gradient_variance(pl_module, batch, self.n_draws, estimator).item()
         return values
 
@@ -228,8 +234,8 @@ class ThreadTuner(pl.Callback):
     other busy processes each parallel operation waits for a descheduled thread, and a step
     slows 10x or more, where one thread slows by its fair share. So the tuner times training
     steps (the batch, forward to optimizer step), and from time to time runs a few steps at the
-    other count: it keeps the faster (by more than `tolerance`), gives up a trial step that takes
-    over 3x the current median, tries again at once if steps become 1.5x slower than when the
+    other count: it keeps the faster (by more than `tolerance`), gives up a trial whose first steps
+    take over 3x the current median, tries again at once if steps become 1.5x slower than when the
     count was chosen, and otherwise waits twice as long after each lost trial (`period` up to
     `max_period` steps). The thread count changes the order of some floating-point sums, so runs
     are bitwise reproducible only with a fixed count (`--threads N`).
@@ -282,7 +288,7 @@ class ThreadTuner(pl.Callback):
 
     def _trial_step(self, seconds: float) -> None:
         self.trial.append(seconds)
-        lost = seconds > 3 * self.baseline
+        lost = len(self.trial) >= 2 and statistics.median(self.trial) > 3 * self.baseline
         if not lost and len(self.trial) < self.trial_steps:
             return
         won = not lost and statistics.median(self.trial) < (1 - self.tolerance) * self.baseline

@@ -79,7 +79,7 @@ def test_the_tuner_moves_to_one_thread_when_the_machine_gets_busy(monkeypatch):
     switched = next(step for step in range(1000, 4000) if used[step] == 1)
     assert switched < 1000 + 2 * 8 + 1, "re-tried as soon as steps got 1.5x slower"
     later_trials = [step for step in range(switched, 4000) if used[step] == 2]
-    assert len(later_trials) <= 6, "a losing trial is given up after one slow step, and tried ever more rarely"
+    assert len(later_trials) <= 12, "a losing trial is given up after two slow steps, and tried ever more rarely"
 
 
 def child(code: str, **environ) -> str:
@@ -205,3 +205,16 @@ def test_a_cuda_training_step_does_not_synchronise(tmp_path):
         cli.trainer.callbacks.append(SyncDebug())
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         assert cli.trainer.global_step == 8
+
+
+def test_the_tuner_is_not_fooled_by_single_slow_steps(monkeypatch):
+    """A busy machine whose steps are now and then 5x slower (preempted): one thread still wins."""
+    noise = torch.Generator().manual_seed(0)
+    slow = (torch.rand(3000, generator=noise) < 0.15).tolist()
+
+    def step_seconds(step, n):
+        return (0.050 if n == 2 else 0.009) * (5 if slow[step] else 1)
+
+    tuner, used = run_tuner(step_seconds, 3000, monkeypatch)
+    assert tuner.current == 1 and used[-1] == 1
+    assert used.index(1) < 80, "chosen at the first trial"
