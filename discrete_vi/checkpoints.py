@@ -1,15 +1,19 @@
-"""Checkpoint files: atomic writes, checked reads, where a command's run lives (`plan_run`:
-resuming, evaluating a run's checkpoint), and whether a checkpoint fits a model.
+"""Checkpoint files: atomic writes, reads that never run code (`read_checkpoint`, and every load
+through `AtomicCheckpointIO` or `BinaryLatentModule.load_from_checkpoint`), the classes a checkpoint
+may name (`check_class_paths`), and whether a checkpoint fits a model.
 
-Runs are laid out as Lightning lays them out:
-`<default_root_dir>/lightning_logs/version_<N>/checkpoints/*.ckpt`.
+A checkpoint is data: it is read with torch's weights-only unpickler whatever torch's default or
+`TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD` says, and the model and estimator classes it names are only
+used if they are already imported (the package's own, or ones the user named on the command
+line or imported in Python), never imported because a file says so.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import dataclass
+import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,8 +26,9 @@ from torch import nn
 
 from discrete_vi.checks import CheckpointError
 
-LOGS_FOLDER = "lightning_logs"
 LAST_CHECKPOINT = "last.ckpt"
+TRUSTED_INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"
+"""The only instantiator a checkpoint may name (LightningCLI's, which it records itself)."""
 ESTIMATOR_PREFIX = "estimator."
 
 
@@ -64,6 +69,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             partial.unlink(missing_ok=True)
 
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None) -> dict[str, Any]:
+        """Lightning's load (resuming, `--ckpt_path hpc`, evaluation), with weights only: a
+        checkpoint's pickle never runs code, whatever torch's default."""
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a Lightning checkpoint on the CPU, or raise CheckpointError saying what is wrong and what to do."""
@@ -75,6 +85,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        code = re.search(r"GLOBAL (\S+)", str(error))
+        if code:
+            raise CheckpointError(
+                f"checkpoint {path} was refused: besides weights it holds Python code to run ({code.group(1)}), "
+                "and discrete-vi never runs code from a checkpoint. If you trust its source, load it in Python with "
+                "torch.load(path, weights_only=False) and save only its state_dict and hyper_parameters again"
+            ) from None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "Weights only load failed" in reason:
             reason = "not a torch checkpoint file"
@@ -87,86 +104,48 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def run_folder(checkpoint_path: str | Path) -> tuple[Path, str, str] | None:
-    """`(default_root_dir, logger name, version)` of the run a checkpoint belongs to, if it lies in
-    Lightning's layout `<root>/<name>/<version>/checkpoints/x.ckpt`; else None."""
-    path = Path(checkpoint_path)  # not resolved: the run's paths compare equal to the ones it was saved with
-    if path.parent.name != "checkpoints" or len(path.parents) < 4:
-        return None
-    return path.parents[3], path.parents[2].name, path.parents[1].name
+def imported_class(class_path: str, base: type) -> type | None:
+    """The class `class_path` names if its module is already imported and it is a subclass of
+    `base`, else None. Imports nothing."""
+    module, _, name = str(class_path).rpartition(".")
+    cls = getattr(sys.modules.get(module), name, None)
+    return cls if isinstance(cls, type) and issubclass(cls, base) else None
 
 
-def find_last_checkpoint(root: str | Path, name: str = LOGS_FOLDER) -> Path | None:
-    """The newest `last.ckpt` of any run under `<root>/<name>/`, or None."""
-    candidates = list(Path(root).glob(f"{name}/*/checkpoints/{LAST_CHECKPOINT}"))
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+def check_class_paths(checkpoint: dict, model_base: type, estimator_base: type, source: str) -> None:
+    """Raise CheckpointError unless the model class, its estimator class and the instantiator that
+    `checkpoint`'s configuration names are ones this process already has: a `model_base` /
+    `estimator_base` subclass already imported (the package's own; a user's once named on the
+    command line or imported), and LightningCLI's instantiator. Imports nothing."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    instantiator = hparams.get("_instantiator")
+    if instantiator is not None and instantiator != TRUSTED_INSTANTIATOR:
+        raise CheckpointError(f"{source} names the instantiator {instantiator!r}; only {TRUSTED_INSTANTIATOR} is "
+                              "used, and nothing a checkpoint names is imported")
+    estimator = hparams.get("estimator")
+    named = [("model", hparams.get("_class_path"), model_base, "--model"),
+             ("estimator", estimator.get("class_path") if isinstance(estimator, dict) else None, estimator_base,
+              "--model.estimator")]
+    for what, class_path, base, option in named:
+        if class_path is not None and imported_class(class_path, base) is None:
+            raise CheckpointError(
+                f"{source} names the {what} class {class_path!r}, which is not a subclass of {base.__name__} that this program has "
+                f"imported; a checkpoint never chooses what is imported. If you trust it, name the class yourself: "
+                f"{option} {class_path} (or import its module before loading, in Python)"
+            )
 
 
-def find_run_without_checkpoint(root: str | Path, name: str = LOGS_FOLDER) -> str | None:
-    """The newest run folder (`version_N`) under `<root>/<name>/` that holds no checkpoint (a run killed
-    before its first one), if the newest run is such a one; else None."""
-    runs = [p for p in Path(root).glob(f"{name}/version_*") if p.is_dir() and p.name[len("version_"):].isdigit()]
-    if not runs:
-        return None
-    newest = max(runs, key=lambda p: int(p.name[len("version_"):]))
-    return None if any(newest.glob("checkpoints/*.ckpt")) else newest.name
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """Where a command's run lives and what it starts from.
-
-    ckpt_path: what the Trainer loads: a resolved file, one of Lightning's own names
-        ("best", "hpc", "registry"), or None (a new run).
-    checkpoint: the file's content, read and checked once (None when nothing is read here).
-    save_dir, name, version: the default logger's run folder `save_dir/name/version`
-        (version None: the next free `version_N`).
-    purge_step: the step from which the run's earlier events are hidden (a resumed or restarted
-        run logs those steps again), or None.
-    note: what to tell the user about this choice, or None.
-    """
-
-    ckpt_path: str | None
-    checkpoint: dict | None
-    save_dir: Path
-    name: str = LOGS_FOLDER
-    version: str | None = None
-    purge_step: int | None = None
-    note: str | None = None
-
-
-def plan_run(subcommand: str, ckpt_path: str | None, default_root_dir: str | None) -> RunPlan:
-    """The run a command works in, from its checkpoint option and `default_root_dir`.
-
-    - `ckpt_path="last"` resumes the newest `last.ckpt` under `default_root_dir`; with none, `fit`
-      starts a new run (or starts again in the newest run folder if it holds no checkpoint: a run
-      killed before its first one) and the other subcommands raise CheckpointError.
-    - a checkpoint file is read here (CheckpointError if missing, empty, corrupt) and the command
-      works in the run folder it belongs to; `fit` hides that run's events after its step.
-    """
-    root = Path(default_root_dir or ".")
-    if ckpt_path == "last":
-        found = find_last_checkpoint(root)
-        if found is None:
-            if subcommand != "fit":
-                raise CheckpointError(f"--ckpt_path last: no {LOGS_FOLDER}/*/checkpoints/{LAST_CHECKPOINT} under {root.resolve()}")
-            restart = find_run_without_checkpoint(root)
-            again = f"starting again in {restart}" if restart else "starting a new run"
-            note = f"no checkpoint to resume under {root.resolve() / LOGS_FOLDER}: {again}"
-            # A restarted run's events are all hidden: it starts again at step 0.
-            return RunPlan(None, None, root, version=restart, purge_step=0 if restart else None, note=note)
-        ckpt_path = str(found)
-    if not ckpt_path or ckpt_path in ("best", "hpc", "registry"):
-        return RunPlan(ckpt_path, None, root)
-    checkpoint = read_checkpoint(ckpt_path)
-    run = run_folder(ckpt_path)
-    if run is None:
-        return RunPlan(ckpt_path, checkpoint, root)
-    save_dir, name, version = run
-    if save_dir.resolve() == root.resolve():
-        save_dir = root  # the same spelling as when saved: ModelCheckpoint keeps its best record
-    purge_step = int(checkpoint.get("global_step", 0)) if subcommand == "fit" else None
-    return RunPlan(ckpt_path, checkpoint, save_dir, name, version, purge_step)
+def checkpoint_configuration(checkpoint: dict) -> dict:
+    """The model's and the data's configuration a checkpoint carries, as command-line defaults:
+    `{"model": {"class_path": ..., "init_args": ...}, "data": {...}}` (sections it lacks left out)."""
+    defaults = {}
+    for section, key in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters")):
+        saved = dict(checkpoint.get(key) or {})
+        saved.pop("_instantiator", None)
+        class_path = saved.pop("_class_path", None)
+        if saved or class_path:
+            defaults[section] = {"class_path": class_path, "init_args": saved} if class_path else saved
+    return defaults
 
 
 def check_checkpoint_fits(model: nn.Module, checkpoint: dict, source: str = "the checkpoint") -> None:

@@ -32,9 +32,11 @@ status 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import inspect
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -44,14 +46,19 @@ import yaml
 from pytorch_lightning.callbacks import BasePredictionWriter, ProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import CheckpointIO
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from discrete_vi.callbacks import PredictionWriter, ThreadTuner
-from discrete_vi.checkpoints import AtomicCheckpointIO, RunCheckpoint, check_checkpoint_fits, plan_run
+from discrete_vi.checkpoints import AtomicCheckpointIO, RunCheckpoint, check_checkpoint_fits, check_class_paths
+from discrete_vi.checkpoints import checkpoint_configuration
 from discrete_vi.checks import UserError, check_count, check_input_size
-from discrete_vi.console import PROG, fail, say, user_errors_in_one_line
+from discrete_vi.console import PROG, fail, option_values, say, user_errors_in_one_line
 from discrete_vi.data import BinarizedImageDataModule
 from discrete_vi.estimators import ESTIMATORS, Estimator
 from discrete_vi.models import MODELS, BinaryLatentModule
+from discrete_vi.compare.runner import follow_parent
+from discrete_vi.runs import check_writable, hold_lock, plan_run, release_locks, remove_stale_partials
 from discrete_vi.threads import fixed_thread_count, usable_cores
 
 PROGRESS_BAR_REFRESH_STEPS = 10
@@ -75,6 +82,9 @@ LIGHTNING_PRIVATE_OVERRIDES = {"_parse_ckpt_path": ("self",)}
 """LightningCLI's private methods this class overrides, with the parameters it expects them to
 have (tests/test_cli.py checks them against the installed Lightning, so a change there fails
 loudly): `_parse_ckpt_path` is replaced by `plan_run` in `parse_arguments`."""
+LIGHTNING_PRIVATE_ATTRIBUTES = ("_subcommand_parsers",)
+"""LightningCLI's private attributes this class reads (checked by the same test): the subcommand
+parsers, whose defaults a checkpoint's configuration becomes."""
 
 _JSONARGPARSE_WRAPPING = (
     "Expected a <class 'NoneType'>",
@@ -113,21 +123,26 @@ class DiscreteVIParser(LightningArgumentParser):
 # --- checks of the raw arguments, before jsonargparse reads them ------------------------------
 
 
-def option_values(args: list[str], *options: str) -> list[str]:
-    """Values given on the command line for any of `options` (as `--option value` or `--option=value`)."""
-    values = []
-    for index, arg in enumerate(args):
-        if arg in options and index + 1 < len(args):
-            values.append(args[index + 1])
-        elif arg.startswith(tuple(f"{option}=" for option in options)):
-            values.append(arg.split("=", 1)[1])
-    return values
+def check_raw_arguments(args: list[str]) -> None:
+    """Fail in one line, before parsing, for config files that are missing, folders or not valid
+    YAML, unknown model or estimator names, and logger options without the logger's class."""
+    check_config_files(args)
+    for value in option_values(args, "--model.estimator"):
+        check_class_name(value, "estimator", ESTIMATORS, Estimator)
+    for value in option_values(args, "--model"):
+        check_class_name(value, "model", MODELS, BinaryLatentModule)
+    logger_options = [arg.split("=")[0] for arg in args if arg.startswith("--trainer.logger.")]
+    if logger_options and not sets_option(args, "trainer.logger", exactly=True):
+        fail(f"{logger_options[0]} needs the logger's class first: --trainer.logger TensorBoardLogger "
+             f"(or CSVLogger, ...) {logger_options[0]} VALUE")
 
 
 def check_config_files(args: list[str]) -> None:
-    """Fail with the file and line for a `--config` file that is missing or not valid YAML."""
+    """Fail with the file and line for a `--config` file that is missing, a folder or not valid YAML."""
     for value in option_values(args, "-c", "--config"):
         path = Path(value)
+        if path.is_dir():
+            fail(f"config file {path} is a folder; give a YAML file (e.g. configs/quickstart.yaml)")
         if not path.is_file():
             fail(f"config file {path} does not exist")
         try:
@@ -159,15 +174,38 @@ def check_class_name(value: str, what: str, names: dict[str, type], base: type) 
         fail(f"{value!r} is not a {base.__name__} subclass; choose one of {', '.join(names)}, or a class path")
 
 
-def gives_section(args: list[str], section: str) -> bool:
-    """Whether the command line or one of its `--config` files sets anything under `section`."""
-    if any(arg == f"--{section}" or arg.startswith((f"--{section}.", f"--{section}=")) for arg in args):
+def sets_option(args: list[str], key: str, exactly: bool = False) -> bool:
+    """Whether the command line or one of its `--config` files sets the dotted option `key` (or,
+    unless `exactly`, anything under it)."""
+    prefixes = (f"--{key}=",) if exactly else (f"--{key}.", f"--{key}=")
+    if any(arg == f"--{key}" or arg.startswith(prefixes) for arg in args):
         return True
     for path in option_values(args, "-c", "--config"):
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if isinstance(loaded, dict) and section in loaded:
+        node = yaml.safe_load(Path(path).read_text()) or {}
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
             return True
     return False
+
+
+def check_trainer_options(config) -> None:
+    """Refuse, in one line, trainer options Lightning would reject deep inside a run, and
+    LightningCLI's `--optimizer` / `--lr_scheduler`, which would replace the model's parameter groups."""
+    max_steps = config.trainer.get("max_steps")
+    if max_steps is not None and max_steps < -1:
+        fail(f"--trainer.max_steps must be >= 0 (or -1: no limit), got {max_steps}")
+    if config.get("optimizer") is not None:
+        fail(
+            "--optimizer is not supported: it would replace the model's parameter groups (a rate per part and the "
+            "estimator's own). The optimizer is Adam; set its rates with --model.lr, the model's per-part options "
+            "(e.g. --model.encoder_lr, --model.prior_lr) and the estimator's own (e.g. --model.estimator.alpha_lr)"
+        )
+    if config.get("lr_scheduler") is not None:
+        fail(
+            "--lr_scheduler is not supported: learning rates are constant, as in the papers this reproduces; "
+            "set them with --model.lr and the model's per-part options"
+        )
 
 
 def innermost_cause(error: BaseException) -> BaseException:
@@ -193,15 +231,11 @@ class DiscreteVICLI(LightningCLI):
                                  "training between 1 and the usable cores, whichever is faster; see discrete_vi/threads.py)")
 
     def parse_arguments(self, parser, args) -> None:
-        """Check the raw arguments, parse them, then plan the run (`plan_run`) and take the model's
-        and the data's configuration from its checkpoint unless the command line or a config file
-        gives them."""
+        """Check the raw arguments, parse them, then plan the run (`runs.plan_run`). With a checkpoint,
+        its model and data configuration become the defaults and the arguments are parsed again, so
+        that the user's options apply on top of it."""
         raw = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
-        check_config_files(raw)
-        for value in option_values(raw, "--model.estimator"):
-            check_class_name(value, "estimator", ESTIMATORS, Estimator)
-        for value in option_values(raw, "--model"):
-            check_class_name(value, "model", MODELS, BinaryLatentModule)
+        check_raw_arguments(raw)
         super().parse_arguments(parser, args)
         self.plan = None
         subcommand = self.config.get("subcommand")
@@ -211,21 +245,20 @@ class DiscreteVICLI(LightningCLI):
             torch.set_num_threads(check_count("threads", self.fixed_threads, 1))
         if not subcommand:
             return
-        refuse_optimizer_options(config)
-        self.plan = plan_run(subcommand, config.get("ckpt_path"), config.trainer.get("default_root_dir"))
-        config.ckpt_path = self.plan.ckpt_path
+        check_trainer_options(config)
+        self.plan = plan_run(subcommand, config.get("ckpt_path"), config.trainer.get("default_root_dir"),
+                             root_given=sets_option(raw, "trainer.default_root_dir"),
+                             checkpoint_dir=config.last_checkpoint.get("dirpath"))
         if self.plan.note:
             say(self.plan.note)
-        given = {}
-        for section, key in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters")):
-            saved = dict((self.plan.checkpoint or {}).get(key) or {})
-            saved.pop("_instantiator", None)
-            if not saved or gives_section(raw, section):
-                continue
-            class_path = saved.pop("_class_path", None)
-            given[section] = {"class_path": class_path, "init_args": saved} if class_path else saved
-        if given:
-            self.config = self.parser.parse_object({subcommand: given}, self.config)
+        if self.plan.checkpoint is not None:
+            check_class_paths(self.plan.checkpoint, BinaryLatentModule, Estimator, f"checkpoint {self.plan.ckpt_path}")
+            self._subcommand_parsers[subcommand].set_defaults(checkpoint_configuration(self.plan.checkpoint))
+            super().parse_arguments(parser, args)
+            config = self.config[subcommand]
+        config.ckpt_path = self.plan.ckpt_path
+        if subcommand == "fit" and self.plan.folder is not None:  # resumed or restarted: refuse a second writer
+            hold_lock(self.plan.folder, "run")
 
     def _parse_ckpt_path(self) -> None:
         """Done by `parse_arguments` (LightningCLI's version would read the checkpoint again and
@@ -254,9 +287,29 @@ class DiscreteVICLI(LightningCLI):
             check_checkpoint_fits(self.model, self.plan.checkpoint, f"checkpoint {self.plan.ckpt_path}")
 
     def after_instantiate_classes(self) -> None:
-        """Load the data before the trainer makes a log folder, so a data error leaves none."""
-        if self.subcommand:
-            self.datamodule.setup(self.subcommand)
+        """Load the data before the trainer makes a log folder, so a data error leaves none; refuse
+        a `limit_*_batches` fraction that leaves no batch (Lightning would, after making the folder)."""
+        if not self.subcommand:
+            return
+        self.datamodule.setup(self.subcommand)
+        stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        trainer_config = self.config_init[self.subcommand].get("trainer", {})
+        for stage in stages[self.subcommand]:
+            limit = trainer_config.get(f"limit_{stage}_batches")
+            if isinstance(limit, float) and 0 < limit < 1:
+                batches = len(getattr(self.datamodule, f"{stage}_dataloader")())
+                if int(batches * limit) == 0:
+                    fail(f"--trainer.limit_{stage}_batches {limit} keeps no batch of the {batches} {stage} batches; "
+                         f"give at least {1 / batches:.3g} (or a number of batches)")
+
+    def before_fit(self) -> None:
+        """Take the run folder's lock (one writer per run), say it if no process can write there,
+        and delete what a checkpoint write killed midway left."""
+        run = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if self.trainer.is_global_zero:
+            check_writable(run)
+            hold_lock(run, "run")
+            remove_stale_partials(run / "checkpoints")
 
     def instantiate_trainer(self, **kwargs: Any):
         """The checkpoint callbacks (unless checkpointing is off), TensorBoard in the planned run
@@ -269,8 +322,10 @@ class DiscreteVICLI(LightningCLI):
             callbacks += [RunCheckpoint(**config[key].as_dict()) for key in ("checkpoint", "last_checkpoint")]
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = self.default_logger(trainer_config.get("default_root_dir"))
-        if not trainer_config.get("plugins"):
-            kwargs["plugins"] = [AtomicCheckpointIO()]
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # weights-only loads, atomic writes
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
             callbacks.append(PredictionWriter())
         if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -278,7 +333,11 @@ class DiscreteVICLI(LightningCLI):
         if self.tunes_threads(trainer_config) and not any(isinstance(c, ThreadTuner) for c in callbacks):
             callbacks.append(ThreadTuner(max_threads=usable_cores()))
         kwargs["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        for logger in trainer.loggers:  # a configured TensorBoard or CSV logger resumes in the planned run too
+            if self.plan and self.plan.version and Path(getattr(logger, "root_dir", "")) == self.plan.save_dir / self.plan.name:
+                logger._version = self.plan.version
+        return trainer
 
     def tunes_threads(self, trainer_config: dict) -> bool:
         """Whether the thread count is left to `ThreadTuner`: training on a CPU with several cores,
@@ -296,36 +355,34 @@ class DiscreteVICLI(LightningCLI):
                                  default_hp_metric=False, **extra)
 
 
-def refuse_optimizer_options(config) -> None:
-    """LightningCLI's `--optimizer` / `--lr_scheduler` would replace the model's parameter groups: refuse them."""
-    if config.get("optimizer") is not None:
-        fail(
-            "--optimizer is not supported: it would replace the model's parameter groups (a rate per part and the "
-            "estimator's own). The optimizer is Adam; set its rates with --model.lr, the model's per-part options "
-            "(e.g. --model.encoder_lr, --model.prior_lr) and the estimator's own (e.g. --model.estimator.alpha_lr)"
-        )
-    if config.get("lr_scheduler") is not None:
-        fail(
-            "--lr_scheduler is not supported: learning rates are constant, as in the papers this reproduces; "
-            "set them with --model.lr and the model's per-part options"
-        )
-
-
 def run_cli(args: list[str] | None = None, run: bool = True) -> DiscreteVICLI:
     """Run the command line and return it (its `trainer`, `model`, `datamodule`);
     `args` replaces `sys.argv[1:]` (for tests and notebooks). With `run=False` there is
     no subcommand: the classes are only configured and instantiated."""
-    with user_errors_in_one_line():
-        return DiscreteVICLI(
-            BinaryLatentModule,
-            BinarizedImageDataModule,
-            subclass_mode_model=True,
-            parser_class=DiscreteVIParser,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": PROG, "default_env": False},
-            args=args,
-            run=run,
-        )
+    try:
+        with user_errors_in_one_line():
+            return DiscreteVICLI(
+                BinaryLatentModule,
+                BinarizedImageDataModule,
+                subclass_mode_model=True,
+                parser_class=DiscreteVIParser,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"prog": PROG, "default_env": False},
+                args=args,
+                run=run,
+            )
+    except SIGTERMException:  # Lightning stops gracefully, with status 0: a stopped run is not a finished one
+        say("stopped by SIGTERM before the end of the run; resume it with --ckpt_path last")
+        raise SystemExit(128 + signal.SIGTERM) from None
+    except MisconfigurationException as error:  # a trainer option Lightning refuses
+        fail(f"invalid trainer configuration: {str(error).strip().splitlines()[0]}")
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        fail(f"cannot write {error.filename or 'a file'}: {error.strerror}; free space there or choose another "
+             "folder with --trainer.default_root_dir (the last checkpoint written is intact)")
+    finally:
+        release_locks()  # the run's lock: held while the command runs
 
 
 def main(args: list[str] | None = None) -> None:
@@ -333,6 +390,7 @@ def main(args: list[str] | None = None) -> None:
     and their report, `discrete_vi.compare`) have parsers of their own; the other subcommands
     are LightningCLI's."""
     argv = list(sys.argv[1:] if args is None else args)
+    follow_parent()  # a run started by `discrete-vi compare` ends with it
     if argv and argv[0] in ("compare", "report"):
         from discrete_vi.compare.command import SUBCOMMANDS
 

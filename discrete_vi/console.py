@@ -1,5 +1,6 @@
-"""What the `discrete-vi` commands say on the terminal when a user's input is wrong: one line
-on stderr, `discrete-vi: error: ...`, and exit status 2. Used by every subcommand."""
+"""What the `discrete-vi` commands say on the terminal when a user's input is wrong (one line on
+stderr, `discrete-vi: error: ...`, and exit status 2), and how they read raw arguments. Used by
+every subcommand."""
 
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ def user_errors_in_one_line() -> Iterator[None]:
         yield
     except UserError as error:
         fail(str(error))
+
+
+def option_values(args: list[str], *options: str) -> list[str]:
+    """Values given on the command line for any of `options` (as `--option value` or `--option=value`)."""
+    values = []
+    for index, arg in enumerate(args):
+        if arg in options and index + 1 < len(args):
+            values.append(args[index + 1])
+        elif arg.startswith(tuple(f"{option}=" for option in options)):
+            values.append(arg.split("=", 1)[1])
+    return values
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -56,14 +56,16 @@ def test_sigmoid_belief_net_reports_test_nll(tmp_path, monkeypatch):
     assert 0 < result["test/nll"] < 392 * math.log(2) * 2
 
 
-def test_testing_a_double_cv_checkpoint_with_the_default_estimator(tmp_path, monkeypatch):
+def test_testing_a_double_cv_checkpoint_with_another_estimator(tmp_path, monkeypatch):
+    """Options given with --ckpt_path apply on top of the checkpoint's configuration: naming RLOO
+    replaces the checkpoint's estimator; the double-CV alpha is then foreign state."""
     monkeypatch.chdir(tmp_path)
     run_cli(["fit", *TINY, "--model", "BinaryVAE", "--model.latent_sizes", "[30]", *SMALL_EVAL,
              "--model.estimator", "RLOODoubleCV"])
     checkpoint = only_version(tmp_path) / "checkpoints" / "last.ckpt"
     with pytest.warns(UserWarning, match="estimator state"):
         cli = run_cli(["test", *TINY, "--model", "BinaryVAE", "--model.latent_sizes", "[30]", *SMALL_EVAL,
-                       "--ckpt_path", str(checkpoint)])
+                       "--model.estimator", "RLOO", "--ckpt_path", str(checkpoint)])
     assert type(cli.model.estimator).__name__ == "RLOO"
 
 

@@ -210,3 +210,86 @@ def test_checkpoint_writes_are_atomic_next_to_their_target(tmp_path, monkeypatch
         io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "x": Unsaveable()}, target)
     torch.testing.assert_close(torch.load(target, weights_only=True)["state_dict"]["w"], torch.zeros(2))
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"], "no partial file left behind"
+
+
+# --- resuming wherever the configuration writes, options over a checkpoint, one writer per run ---
+
+
+def test_resume_last_without_a_logger_finds_the_checkpoint_in_the_root(tmp_path, monkeypatch):
+    """`--trainer.logger false` writes `checkpoints/last.ckpt` in default_root_dir: resume from it."""
+    monkeypatch.chdir(tmp_path)
+    common = [*TINY, *MODEL, "--trainer.default_root_dir", "run", "--trainer.logger", "false",
+              "--trainer.max_epochs", "10", "--trainer.limit_val_batches", "0"]
+    run_cli(["fit", *common, "--trainer.max_steps", "4"])
+    assert (tmp_path / "run/checkpoints/last.ckpt").is_file()
+    resumed = run_cli(["fit", *common, "--trainer.max_steps", "6", "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == 6  # continued from step 4, not started again
+
+
+def test_resume_last_with_a_csv_logger_continues_its_version(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = [*TINY, *MODEL, "--trainer.default_root_dir", "run", "--trainer.logger", "CSVLogger",
+              "--trainer.logger.save_dir", "run", "--trainer.max_epochs", "10", "--trainer.limit_val_batches", "0"]
+    run_cli(["fit", *common, "--trainer.max_steps", "4"])
+    resumed = run_cli(["fit", *common, "--trainer.max_steps", "6", "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == 6
+    assert sorted(p.name for p in (tmp_path / "run/lightning_logs").iterdir()) == ["version_0"]
+
+
+def test_options_given_with_a_checkpoint_apply_on_top_of_its_configuration(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_cli(["fit", *TINY, *MODEL, "--model.network", "nonlinear", "--model.hidden_size", "16"])
+    checkpoint = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    cli = run_cli(["test", "--ckpt_path", str(checkpoint), "--model.test_samples", "7",
+                   "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false"])
+    assert cli.model.test_samples == 7
+    assert cli.model.network == "nonlinear" and cli.model.latent_sizes == [30]  # the rest from the checkpoint
+    assert type(cli.model.estimator).__name__ == "DisARM" and cli.model.estimator.n_pairs == 2
+
+
+def test_test_and_predict_honour_an_explicit_default_root_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_cli(["fit", *TINY, *MODEL])
+    checkpoint = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    run_cli(["test", "--ckpt_path", str(checkpoint), "--trainer.default_root_dir", "elsewhere",
+             "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false"])
+    assert "test/nll" in steps_by_tag(tmp_path / "elsewhere/lightning_logs/version_0")
+    assert "test/nll" not in steps_by_tag(tmp_path / "lightning_logs/version_0")
+
+
+def test_a_second_resume_of_a_run_in_use_is_refused(tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    common = [*TINY, *MODEL, "--trainer.default_root_dir", "run", "--trainer.max_epochs", "10"]
+    run_cli(["fit", *common, "--trainer.max_steps", "4"])
+    run = tmp_path / "run/lightning_logs/version_0"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from discrete_vi.runs import hold_lock; "
+                               f"hold_lock(sys.argv[1], 'run'); print('held', flush=True); time.sleep(120)", str(run)],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(["fit", *common, "--trainer.max_steps", "6", "--ckpt_path", "last"])
+        assert exit_info.value.code == 2
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("discrete-vi: error:")]
+        assert "in use by process" in line and str(holder.pid) in line, line
+        assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 4  # untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    assert run_cli(["fit", *common, "--trainer.max_steps", "6", "--ckpt_path", "last"]).trainer.global_step == 6
+
+
+def test_a_checkpoint_write_killed_midway_leaves_nothing_once_the_next_run_starts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = [*TINY, *MODEL, "--trainer.default_root_dir", "run", "--trainer.max_epochs", "10"]
+    run_cli(["fit", *common, "--trainer.max_steps", "4"])
+    checkpoints = tmp_path / "run/lightning_logs/version_0/checkpoints"
+    stale = checkpoints / ".last.ckpt.partial-4194000"  # its writer (no such process) was killed mid-write
+    stale.write_bytes(b"half a checkpoint")
+    run_cli(["fit", *common, "--trainer.max_steps", "6", "--ckpt_path", "last"])
+    assert not stale.exists() and not list(checkpoints.glob(".*partial*"))

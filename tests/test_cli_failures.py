@@ -132,3 +132,74 @@ def test_the_console_script_fails_in_one_line_without_traceback(tmp_path):
         "or give a class path (package.module.Class)"
     ]
     assert not any(tmp_path.iterdir())
+
+
+# --- more failures a user can cause: one line, exit status 2, nothing left behind ---------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trainer.max_steps", "-5"], "--trainer.max_steps must be >= 0"),
+    (["--trainer.limit_val_batches", "0.0001", "--data.eval_batch_size", "500"], "limit_val_batches 0.0001 keeps no batch"),
+    (["--trainer.logger.init_args.save_dir", "logs"], "needs the logger's class first: --trainer.logger TensorBoardLogger"),
+    (["--trainer.default_root_dir", "/sys/discrete_vi_runs"], "cannot write in /sys/discrete_vi_runs"),
+])
+def test_trainer_options_a_run_cannot_use(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = run_failing(["fit", *TINY, *MODEL, *args], tmp_path, capsys)
+    assert message in line, line
+
+
+def test_a_config_that_is_a_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    assert "is a folder; give a YAML file" in run_failing(["fit", "--config", "configs"], tmp_path, capsys)
+
+
+def test_a_full_disk_during_a_checkpoint_write(tmp_path, monkeypatch, capsys):
+    """The write of a checkpoint fails (no space left): one line saying what to free or where to
+    write, the previous checkpoint intact, no partial file."""
+    import errno
+
+    import torch
+
+    from discrete_vi import checkpoints
+
+    monkeypatch.chdir(tmp_path)
+    common = ["fit", *TINY, *MODEL, "--trainer.max_epochs", "10", "--last_checkpoint.every_n_train_steps", "2"]
+    run_cli([*common, "--trainer.max_steps", "2"])
+    real_save = torch.save
+
+    def full(obj, file, *args, **kwargs):
+        real_save(obj, file, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device", str(file))
+
+    monkeypatch.setattr(checkpoints.torch, "save", full)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli([*common, "--trainer.max_steps", "6", "--ckpt_path", "last"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("discrete-vi: error:")]
+    assert "No space left on device" in line and "free space" in line and "--trainer.default_root_dir" in line, line
+    folder = tmp_path / "lightning_logs/version_0/checkpoints"
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 2  # the previous one, whole
+    assert not list(folder.glob(".*partial*"))
+
+
+def test_sigterm_stops_a_fit_with_a_nonzero_status(tmp_path):
+    """Lightning stops gracefully on SIGTERM and exits 0; a stopped fit is not a finished one."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(TESTS.parent)}
+    process = subprocess.Popen([sys.executable, "-m", "discrete_vi.cli", "fit", *TINY, *MODEL,
+                                "--trainer.max_epochs", "100", "--trainer.limit_train_batches", "200",
+                                "--trainer.limit_val_batches", "0", "--last_checkpoint.every_n_train_steps", "5"],
+                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM" in err and "--ckpt_path last" in err

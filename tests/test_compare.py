@@ -168,3 +168,89 @@ def test_compare_usage_errors_are_one_line(capsys, tmp_path):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("discrete-vi: error:"), err
+
+
+# --- a comparison never reports a run as finished that is not -------------------------------------
+
+LONG_RUN = [*RUN_ARGS, "--trainer.max_steps", "2000", "--trainer.limit_train_batches", "1000",
+            "--last_checkpoint.every_n_train_steps", "10"]
+
+
+def wait_for(path: Path, process, seconds: float = 300) -> None:
+    deadline = time.time() + seconds
+    while not path.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert path.exists(), "the run never wrote its first checkpoint"
+
+
+def fit_children(folder: Path) -> list[int]:
+    """Process ids of the fits running in `folder`."""
+    out = subprocess.run(["pgrep", "-f", f"default_root_dir {folder}"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def test_a_run_stopped_by_sigterm_is_not_reported_done(tmp_path):
+    out = tmp_path / "stopped"
+    process = compare(out, grid=["--grid", "seed_everything=5"], run_args=LONG_RUN, start_new_session=True)
+    wait_for(out / "seed=5/lightning_logs/version_0/checkpoints/last.ckpt", process)
+    for pid in fit_children(out / "seed=5"):
+        os.kill(pid, signal.SIGTERM)  # the run alone, as a cluster's scheduler would
+    stdout, _ = process.communicate(timeout=300)
+    assert process.returncode == 1, stdout
+    assert not (out / "seed=5/done.json").exists() and "FAILED seed=5" in stdout
+
+
+def test_one_compare_per_output_folder_and_its_runs_end_with_it(tmp_path):
+    out = tmp_path / "locked"
+    first = compare(out, grid=["--grid", "seed_everything=6"], run_args=LONG_RUN, start_new_session=True)
+    wait_for(out / "seed=6/lightning_logs/version_0/checkpoints/last.ckpt", first)
+    second = compare(out, grid=["--grid", "seed_everything=6"], run_args=LONG_RUN)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [line for line in second.stderr.strip().splitlines()
+                                                  if line.startswith("discrete-vi: error:")]
+    assert "in use by process" in second.stderr and str(first.pid) in second.stderr
+    children = fit_children(out / "seed=6")
+    assert children
+    os.kill(first.pid, signal.SIGKILL)  # the comparison dies without a chance to clean up
+    first.wait()
+    deadline = time.time() + 120
+    while any(subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode == 0 for pid in children):
+        assert time.time() < deadline, "a run outlived its comparison"
+        time.sleep(0.2)
+
+
+def test_ctrl_c_stops_a_comparison_in_one_line(tmp_path):
+    out = tmp_path / "interrupted"
+    process = compare(out, grid=["--grid", "seed_everything=7"], run_args=LONG_RUN, start_new_session=True)
+    wait_for(out / "seed=7/lightning_logs/version_0/checkpoints/last.ckpt", process)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
+    stdout, _ = process.communicate(timeout=300)
+    assert process.returncode == 130
+    assert "Traceback" not in stdout and "interrupted" in stdout
+    assert not (out / "seed=7/done.json").exists() and not fit_children(out / "seed=7")
+
+
+def test_damaged_inputs_are_named_and_their_rows_marked(grid_run, tmp_path):
+    import shutil
+
+    source, _, _ = grid_run
+    out = tmp_path / "damaged"
+    shutil.copytree(source, out)
+    events = next((out / NAMES[0] / "lightning_logs/version_0").glob("events.out.tfevents.*"))
+    content = bytearray(events.read_bytes())
+    content[len(content) // 2] ^= 0x10  # one bit flipped
+    events.write_bytes(bytes(content))
+    (out / NAMES[1] / "done.json").write_text('{"name": "cut sh')
+    (out / NAMES[2] / "run.json").write_text("\x00\x00")
+    result = subprocess.run([sys.executable, "-m", "discrete_vi.cli", "report", str(out)], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    damaged = [line for line in result.stderr.splitlines() if "is damaged" in line]
+    assert len(damaged) == 3, result.stderr
+    assert any(events.name in line for line in damaged) and any("done.json" in line for line in damaged)
+    marked = {row["run"]: row["damaged"] for row in rows(out)}
+    assert all(marked[name] for name in NAMES[:3]) and not marked[NAMES[3]]
+    assert "⚠" in (out / "report.md").read_text()
+    again = compare(out, "--jobs", "2")  # compare names them too, and checks those runs again
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert sum("is damaged" in line for line in again.stderr.splitlines()) >= 2

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 import time
 from pathlib import Path
 
 from discrete_vi.compare.grid import expand, parse_grid
 from discrete_vi.compare.report import find_runs, read_run, summarize, write_report
-from discrete_vi.compare.runner import Job, Outcome, is_done, run_local, run_ray
+from discrete_vi.compare.integrity import read_json
+from discrete_vi.compare.runner import DONE_FILE, RUN_FILE, Job, Outcome, is_done, run_local, run_ray
 from discrete_vi.console import PROG, OneLineParser, fail, user_errors_in_one_line
+from discrete_vi.runs import hold_lock, release_locks
 from discrete_vi.threads import threads_per_job, usable_cores
 
 
@@ -112,7 +115,7 @@ def compare(argv: list[str]) -> int:
         fail(f"--threads must be >= 1, got {options.threads}")
     for config in options.config:
         if not Path(config).is_file():
-            fail(f"config file {config} does not exist")
+            fail(f"config file {config} {'is a folder; give a YAML file' if Path(config).is_dir() else 'does not exist'}")
     with user_errors_in_one_line():
         runs = expand(parse_grid(options.grid))
     out = Path(options.out)
@@ -126,12 +129,32 @@ def compare(argv: list[str]) -> int:
         for job in jobs:
             print(f"{job.name}: discrete-vi fit {' '.join(job.fit_args)} --trainer.default_root_dir {job.folder} --ckpt_path last")
         return 0
-    out.mkdir(parents=True, exist_ok=True)
+    with user_errors_in_one_line():
+        hold_lock(out, "comparison")  # one compare per --out; released when this process ends, however
+    for job in jobs:
+        for name in (RUN_FILE, DONE_FILE):
+            damage = read_json(Path(job.folder) / name)[1]
+            if damage:
+                print(f"{PROG} compare: {Path(job.folder) / name} is damaged ({damage}); the run is checked again",
+                      file=sys.stderr)
     reused = sum(is_done(job.folder) for job in jobs)
     where = (f"Ray ({options.ray_address or 'local'})" if options.launcher == "ray"
              else f"{options.jobs} at once, {threads} torch thread(s) each, {usable_cores()} cores")
     print(f"{PROG} compare: {len(jobs)} runs ({reused} finished already) in {out}, {where}", flush=True)
     progress = ProgressPrinter(len(jobs))
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: the runs are stopped too
+    try:
+        return run_and_report(jobs, options, out, progress)
+    except KeyboardInterrupt:
+        print(f"{PROG} compare: interrupted; finished runs are kept and the others resume from their last "
+              "checkpoint when you run the same command again", file=sys.stderr)
+        return 130
+    finally:
+        release_locks()
+
+
+def run_and_report(jobs: list[Job], options, out: Path, progress: "ProgressPrinter") -> int:
+    """Run the jobs (locally or on Ray), then write the report; 1 if a run failed."""
     start = time.time()
     if options.launcher == "ray":
         with user_errors_in_one_line():
@@ -150,8 +173,16 @@ def compare(argv: list[str]) -> int:
     return 0
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def write_and_say(out: Path) -> None:
     runs, written = write_report(out)
+    for run in runs:
+        for problem in run.damaged:
+            print(f"{PROG} report: {run.folder / problem.split(': ', 1)[0]} is damaged ({problem.split(': ', 1)[1]}); "
+                  "its row is marked", file=sys.stderr)
     print(f"{PROG} report: {len(runs)} runs -> {', '.join(str(p) for p in written)}", flush=True)
 
 

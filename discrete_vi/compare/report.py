@@ -9,7 +9,6 @@ estimator and the seed), so `discrete-vi report` works on runs made by hand as w
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -18,9 +17,10 @@ from pathlib import Path
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from discrete_vi.checkpoints import LOGS_FOLDER
+from discrete_vi.runs import LOGS_FOLDER
 from discrete_vi.compare import plots
 from discrete_vi.compare.grid import short_keys, short_value
+from discrete_vi.compare.integrity import events_file_problem, read_json
 from discrete_vi.compare.runner import DONE_FILE, RUN_FILE
 
 SEED_KEY = "seed_everything"
@@ -51,6 +51,8 @@ class RunData:
     scalars: dict[str, tuple[list[int], list[float], list[float]]] = field(default_factory=dict)
     wall_s: float | None = None
     done: bool = False
+    damaged: list[str] = field(default_factory=list)
+    """The run's files that are damaged, with what is wrong (`file: problem`); its numbers may be off."""
 
     def config_label(self, keys: list[str]) -> str:
         """The run's configuration without its seed (what runs are grouped by)."""
@@ -81,21 +83,28 @@ def read_run(folder: Path) -> RunData | None:
     version = latest_version(folder)
     if version is None:
         return None
-    values: dict[str, str] = {}
-    if (folder / RUN_FILE).is_file():
-        values = dict(json.loads((folder / RUN_FILE).read_text()).get("values", {}))
+    damaged = [f"{path.relative_to(folder)}: {problem}" for path in sorted(version.glob("events.out.tfevents.*"))
+               if (problem := events_file_problem(path))]
+    record, problem = read_json(folder / RUN_FILE)
+    damaged += [f"{RUN_FILE}: {problem}"] if problem else []
+    values = {str(k): str(v) for k, v in (record or {}).get("values", {}).items()}
     config = {}
     if (version / "config.yaml").is_file():
-        config = yaml.safe_load((version / "config.yaml").read_text()) or {}
+        try:
+            config = yaml.safe_load((version / "config.yaml").read_text()) or {}
+        except yaml.YAMLError as error:
+            damaged.append(f"{(version / 'config.yaml').relative_to(folder)}: not valid YAML ({str(error).splitlines()[0]})")
     seed = str(values.get(SEED_KEY, config.get(SEED_KEY, "")))
     if not values:  # a run made by hand: its estimator and seed
         estimator = (((config.get("model") or {}).get("init_args") or {}).get("estimator") or {})
         values = {"model.estimator": str(estimator.get("class_path", "?")) if isinstance(estimator, dict) else str(estimator),
                   SEED_KEY: seed}
     run = RunData(folder.name, folder, values, seed, read_scalars(version))
-    if (folder / DONE_FILE).is_file():
+    done, problem = read_json(folder / DONE_FILE)
+    run.damaged = damaged + ([f"{DONE_FILE}: {problem}"] if problem else [])
+    if done is not None:
         run.done = True
-        run.wall_s = json.loads((folder / DONE_FILE).read_text()).get("wall_seconds")
+        run.wall_s = done.get("wall_seconds")
     elif "train/elbo" in run.scalars and run.scalars["train/elbo"][2]:
         walls = [w for _, _, ws in run.scalars.values() for w in ws]
         run.wall_s = max(walls) - min(walls)
@@ -167,7 +176,8 @@ def write_results_csv(runs: list[RunData], path: Path) -> list[dict]:
     keys = [k for k in grid_keys(runs) if k != SEED_KEY]
     rows = []
     for run in runs:
-        row = {"run": run.name, **{k: run.values.get(k, "") for k in keys}, "seed": run.seed, "done": run.done}
+        row = {"run": run.name, **{k: run.values.get(k, "") for k in keys}, "seed": run.seed, "done": run.done,
+               "damaged": "; ".join(run.damaged)}
         row.update({k: (round(v, 4) if isinstance(v, float) and not math.isnan(v) else ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v))
                     for k, v in summarize(run).items()})
         rows.append(row)
@@ -208,7 +218,7 @@ def markdown_table(runs: list[RunData]) -> str:
     header = ["configuration", "n", *METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, members in groups.items():
-        cells = [label, str(len(members))]
+        cells = [f"{label} ⚠" if any(r.damaged for r in members) else label, str(len(members))]
         for column in METRICS:
             mean, std, n = stats[label][column]
             if n == 0:
@@ -236,6 +246,9 @@ def write_report_md(runs: list[RunData], out: Path, plots: list[Path], plot_note
     parts += ["| column | meaning |", "|---|---|", *(f"| {k} | {meaning} |" for k, (meaning, _) in METRICS.items()), ""]
     if unfinished:
         parts += [f"Unfinished runs (no test yet, shown with what they logged): {', '.join(unfinished)}.", ""]
+    damaged = [f"- {r.name}: {problem}" for r in runs for problem in r.damaged]
+    if damaged:
+        parts += ["⚠ Rows built from damaged files (their numbers may be off; rerun those runs):", *damaged, ""]
     for plot in plots:
         parts += [f"![{plot.stem}]({plot.name})", ""]
     if plot_note:

@@ -10,17 +10,22 @@ tasks (`run_ray`); both return one `Outcome` per run and call `progress` as runs
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from discrete_vi.checkpoints import find_last_checkpoint
+from discrete_vi.compare.integrity import read_json
+from discrete_vi.console import option_values
+from discrete_vi.runs import find_last_checkpoint
 from discrete_vi.checks import ConfigurationError
 from discrete_vi.threads import bounded_spinning, usable_cores
 
@@ -69,8 +74,51 @@ def write_json_atomically(path: Path, data: dict) -> None:
 
 
 def is_done(folder: str | Path) -> bool:
-    """Whether the run in `folder` finished fit and test (its `done.json` marker exists)."""
-    return (Path(folder) / DONE_FILE).is_file()
+    """Whether the run in `folder` finished fit and test: its `done.json` marker exists and is whole
+    (a damaged one is checked again: fit resumes at its end, test runs again)."""
+    return read_json(Path(folder) / DONE_FILE)[0] is not None
+
+
+_children: set[subprocess.Popen] = set()
+_children_lock = threading.Lock()
+PARENT_VARIABLE = "DISCRETE_VI_PARENT_PID"
+"""Set in a run's environment: the process that must not outlive the comparison that started it."""
+
+
+def call(command: list[str], **options) -> int:
+    """`subprocess.call`, with the child known to `stop_children` while it runs."""
+    process = subprocess.Popen(command, **options)
+    with _children_lock:
+        _children.add(process)
+    try:
+        return process.wait()
+    finally:
+        with _children_lock:
+            _children.discard(process)
+
+
+def stop_children() -> None:
+    """Stop every running child (SIGTERM: a fit stops at the end of its step), waiting up to 30 s each."""
+    with _children_lock:
+        running = list(_children)
+    for process in running:
+        process.terminate()
+    for process in running:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def follow_parent() -> None:
+    """In a run started by `compare` (PARENT_VARIABLE set): receive SIGTERM when the comparison's
+    process ends, however it ends (Linux's parent-death signal), so no run outlives it."""
+    parent = os.environ.get(PARENT_VARIABLE)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # the parent ended before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def command_prefix() -> list[str]:
@@ -89,6 +137,7 @@ def child_environment(threads: int) -> dict[str, str]:
     if package_root not in paths:
         env["PYTHONPATH"] = os.pathsep.join([package_root, *paths])
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    env[PARENT_VARIABLE] = str(os.getpid())
     bounded_spinning(env)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
@@ -115,8 +164,11 @@ def execute(job: Job) -> Outcome:
         return Outcome(job.name, "reused", str(log))
     run_file = folder / RUN_FILE
     record = {"name": job.name, "values": job.values, "fit_args": job.fit_args}
-    if run_file.is_file():
-        previous = json.loads(run_file.read_text())
+    previous, damage = read_json(run_file)
+    if damage:  # our own record of the run: written again from the job
+        with open(log, "a") as out:
+            out.write(f"\n{run_file} was damaged ({damage}); written again\n")
+    if previous is not None:
         if previous.get("fit_args") != job.fit_args:
             return Outcome(job.name, "failed", str(log), message=(
                 f"{folder} holds a run started with other options ({' '.join(previous.get('fit_args', []))}); "
@@ -130,15 +182,18 @@ def execute(job: Job) -> Outcome:
     with open(log, "a") as out:
         out.write(f"\n$ {' '.join(fit)}\n")
         out.flush()
-        code = subprocess.call(fit, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        code = call(fit, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
         last = find_last_checkpoint(folder)
         if code != 0 or last is None:
             return Outcome(job.name, "failed", str(log), time.time() - start,
                            f"fit exited with status {code}: {_last_line(log)}")
-        test = [*command_prefix(), "test", "--ckpt_path", str(last)]
+        # The classes the fit named by class path, named again: a checkpoint never chooses what is imported.
+        named = [arg for option in ("--model", "--model.estimator") for value in option_values(job.fit_args, option)
+                 if "." in value and not value.lstrip().startswith("{") for arg in (option, value)]
+        test = [*command_prefix(), "test", "--ckpt_path", str(last), *named]
         out.write(f"\n$ {' '.join(test)}\n")
         out.flush()
-        code = subprocess.call(test, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        code = call(test, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
     seconds = time.time() - start
     if code != 0:
         return Outcome(job.name, "failed", str(log), seconds, f"test exited with status {code}: {_last_line(log)}")
@@ -178,8 +233,15 @@ def run_local(jobs: list[Job], parallel: int, progress: Progress) -> list[Outcom
         progress("end", job, outcome)
         return outcome
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, parallel))
+    try:
         return list(pool.map(one, jobs))
+    except BaseException:  # Ctrl-C or SIGTERM: stop the runs, then let the caller say so
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_children()
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def run_ray(jobs: list[Job], address: str | None, progress: Progress) -> list[Outcome]:

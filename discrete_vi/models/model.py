@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from discrete_vi.bernoulli import LogitsLayer, sample_chain
-from discrete_vi.checkpoints import check_checkpoint_fits, fit_estimator_state
+from discrete_vi.checkpoints import check_checkpoint_fits, check_class_paths, fit_estimator_state, read_checkpoint
 from discrete_vi.checks import ConfigurationError, NonFiniteObjectiveError, check_choice, check_count
 from discrete_vi.checks import check_input_size, check_positive
 from discrete_vi.estimators import RLOO, Estimator, EstimatorOutput
@@ -300,6 +300,18 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         self.log("test/nll", -self.eval_metrics["test_log_likelihood"].compute())
 
     # --- checkpoints ---------------------------------------------------------------
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only: bool = True, **kwargs):
+        """Lightning's `load_from_checkpoint`, reading weights only (a checkpoint's pickle never runs
+        code, whatever torch's default), and only if the model and estimator classes it names are
+        already imported (`checkpoints.check_class_paths`). `weights_only=False` loads a checkpoint
+        you trust as Lightning does."""
+        if weights_only:
+            check_class_paths(read_checkpoint(checkpoint_path), cls, Estimator, f"checkpoint {checkpoint_path}")
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, weights_only=weights_only, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint of another architecture; fit the estimator's state to this model's
