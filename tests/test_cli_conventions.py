@@ -267,7 +267,7 @@ def test_a_second_resume_of_a_run_in_use_is_refused(tmp_path, monkeypatch, capsy
     run_cli(["fit", *common, "--trainer.max_steps", "4"])
     run = tmp_path / "run/lightning_logs/version_0"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from discrete_vi.runs import hold_lock; "
-                               f"hold_lock(sys.argv[1], 'run'); print('held', flush=True); time.sleep(120)", str(run)],
+                               "hold_lock(sys.argv[1], 'run'); print('held', flush=True); time.sleep(120)", str(run)],
                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     try:
         assert holder.stdout.readline().strip() == "held"
