@@ -84,8 +84,10 @@ def child(steps: int, warmup: int, workdir: str, monitored: bool) -> None:
                       "parts_s": dict(timer.parts)}))
 
 
-def run(steps: int, warmup: int, monitored: bool) -> dict:
+def run(steps: int, warmup: int, monitored: bool, threads: int | None) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     with tempfile.TemporaryDirectory() as workdir:
         out = subprocess.run([sys.executable, __file__, "--child", "--steps", str(steps), "--warmup", str(warmup),
                               "--workdir", workdir, *(["--monitored"] if monitored else [])],
@@ -100,17 +102,21 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=10000)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="fix the runs' thread count (default: as shipped, tuned during training; the tuner's "
+                             "choices then differ between the runs compared)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--monitored", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args.steps, args.warmup, args.workdir, args.monitored)
-    print(f"load average at start: {os.getloadavg()[0]:.2f}; steps={args.steps} rounds={args.rounds}", flush=True)
+    print(f"load average at start: {os.getloadavg()[0]:.2f}; steps={args.steps} rounds={args.rounds} "
+          f"threads={args.threads or 'tuned'}", flush=True)
     results = {True: [], False: []}
     for round_ in range(args.rounds):
         for monitored in (False, True):
-            measured = run(args.steps, args.warmup, monitored)
+            measured = run(args.steps, args.warmup, monitored, args.threads)
             results[monitored].append(measured)
             print(f"round {round_ + 1}: {'with monitors' if monitored else 'without':<14} {measured['ms']:7.2f} ms/step "
                   f"over {measured['steps']} steps; parts (s): "
@@ -124,8 +130,11 @@ def main(argv=None) -> None:
         for name, seconds in r["parts_s"].items():
             parts[name].append(seconds / r["steps"] * 1e3)
     print("\n| monitor | ms per training step, spread over the run | share of the step without monitors |\n|---|---|---|")
+    total = 0.0
     for name, values in sorted(parts.items(), key=lambda item: -statistics.median(item[1])):
+        total += statistics.median(values)
         print(f"| {name} | {statistics.median(values):.3f} | {statistics.median(values) / bare * 100:.1f}% |")
+    print(f"| all of them | {total:.3f} | {total / bare * 100:.1f}% (so {1 + total / bare:.2f}x, timed in the monitored run) |")
 
 
 if __name__ == "__main__":

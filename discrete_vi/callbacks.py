@@ -236,21 +236,21 @@ class ThreadTuner(pl.Callback):
     steps (the batch, forward to optimizer step), and from time to time runs a few steps at the
     other count: it keeps the faster (by more than `tolerance`), gives up a trial whose first steps
     take over 3x the current median, tries again at once if steps become 1.5x slower than when the
-    count was chosen, and otherwise waits twice as long after each lost trial (`period` up to
-    `max_period` steps). The thread count changes the order of some floating-point sums, so runs
+    count was chosen, checks a switch with another trial `period` steps later (a noisy
+    measurement is undone), and waits twice as long after each lost trial (up to `max_period`). The thread count changes the order of some floating-point sums, so runs
     are bitwise reproducible only with a fixed count (`--threads N`).
 
     Args:
         max_threads: the other thread count tried besides 1.
         warmup: steps before the first measurement.
         trial_steps: steps timed per measurement (median).
-        period: steps between trials after a won trial.
+        period: steps before the trial that checks a switch.
         max_period: the longest wait between trials.
         tolerance: relative speed-up that a trial must show to switch.
     """
 
-    def __init__(self, max_threads: int, warmup: int = 20, trial_steps: int = 8, period: int = 256,
-                 max_period: int = 8192, tolerance: float = 0.05):
+    def __init__(self, max_threads: int, warmup: int = 20, trial_steps: int = 8, period: int = 64,
+                 max_period: int = 8192, tolerance: float = 0.1):
         self.counts = (max(1, max_threads), 1)
         self.warmup, self.trial_steps = warmup, trial_steps
         self.base_period, self.max_period, self.tolerance = period, max_period, tolerance
