@@ -13,6 +13,8 @@ from discrete_vi.estimators.arm import ARM, DisARM
 from discrete_vi.estimators.arms import ARMS
 from discrete_vi.estimators.base import Estimator, EstimatorOutput
 from discrete_vi.estimators.double_cv import RLOODoubleCV
+from discrete_vi.estimators.muprop import MuProp
+from discrete_vi.estimators.nvil import NVIL
 from discrete_vi.estimators.reinforce import RLOO, Reinforce
 from discrete_vi.estimators.rodeo import RODEO
 from discrete_vi.estimators.straight_through import GumbelSoftmaxST, StraightThrough
@@ -25,6 +27,8 @@ ESTIMATORS: dict[str, type[Estimator]] = {
     "DisARM": DisARM,
     "ARMS": ARMS,
     "RODEO": RODEO,
+    "NVIL": NVIL,
+    "MuProp": MuProp,
     "StraightThrough": StraightThrough,
     "GumbelSoftmaxST": GumbelSoftmaxST,
 }

@@ -1,0 +1,167 @@
+"""NVIL: neural variational inference and learning (Mnih & Gregor, ICML 2014).
+
+REINFORCE whose learning signal `f(b)` is centred by an input-dependent baseline
+`C(phi)` (a network of the layer's detached logits, never of the sample) and a
+running mean `c` of what the baseline leaves, and whose baseline learns in units
+of a running standard deviation. Per layer, with `S_k = b_k - theta`,
+`n = max(1, sqrt(v))` and the running moments `c`, `v` (buffers):
+
+    C(phi) = n * net(phi)                                  (net: `PooledLogitsNetwork`)
+    r_k    = f_k - c - C(phi)                              (the centred signal, [K, B])
+    g      = 1/K sum_k r_k S_k
+    J      = mean_{k, B} (r_k / n)^2                       (the baseline's squared error)
+
+`c`, `n` and `C` do not depend on the samples `b_k` (layer l's logits depend on
+the layers above it only), so `g` is unbiased for any baseline weights and any
+running moments. The baseline network learns by descending `J` (its own
+parameters only: `C` sees detached logits and `f`'s values enter detached, and
+the model's loss reaches the network only through `J - sg(J)`, whose value is 0),
+in the same backward pass that trains the model, so gradient scalers and
+accumulation scale it like every other gradient. After the estimate is formed,
+in training mode only:
+
+    c <- decay c + (1 - decay) mean_{k, B}(f - C),   v <- decay v + (1 - decay) var_{k, B}(f - C)
+
+(the paper's decay 0.8; both start at 0). The paper also divides the signal
+of the model's gradient by `n` (an adaptive step size); `normalise_gradient`
+does so, and the estimate is then unbiased for the gradient divided by `n`.
+
+Chains: one baseline (network and moments) per layer, on that layer's logits,
+all with the global signal `f`. They are created when the estimator learns
+how many layers it trains (`check_layers`, which a model calls at
+configuration time, before its optimizer is built; or the first `chain` call).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from discrete_vi.bernoulli import LogitsLayer, sample_chain, smallest_view
+from discrete_vi.checks import check_count, check_positive, check_range
+from discrete_vi.estimators.base import (
+    ChainObjective,
+    Estimator,
+    EstimatorOutput,
+    evaluate_objective,
+    float32_arithmetic,
+    surrogate_loss,
+)
+
+
+class PooledLogitsNetwork(nn.Module):
+    """`net(phi) = w . tanh(W m + a) + w0`, `m = 1/D sum_d tanh(u phi_d + e)` (`u, e, a, w` in R^H):
+    one scalar per example for logits of any width D. The output layer starts at zero (C = 0)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.unit = nn.Linear(1, hidden_size)
+        self.hidden = nn.Linear(hidden_size, hidden_size)
+        self.output = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, logits: Tensor) -> Tensor:
+        """logits `[..., D]` -> `[...]`."""
+        per_unit = torch.addcmul(self.unit.bias, logits.unsqueeze(-1), self.unit.weight[:, 0])  # [..., D, H]
+        pooled = torch.tanh(per_unit).mean(-2)
+        return self.output(torch.tanh(self.hidden(pooled))).squeeze(-1)
+
+
+class LayerBaseline(nn.Module):
+    """One stochastic layer's baseline network and the running mean and variance of `f - C`."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.network = PooledLogitsNetwork(hidden_size)
+        self.register_buffer("signal_mean", torch.zeros((), dtype=torch.float32))
+        self.register_buffer("signal_variance", torch.zeros((), dtype=torch.float32))
+
+    def scale(self) -> Tensor:
+        """`n = max(1, sqrt(v))` (a negative `v`, which no update produces, counts as 0)."""
+        return self.signal_variance.clamp_min(1.0).sqrt()
+
+    def update(self, residual: Tensor, decay: float) -> None:
+        """Move the running moments towards the mean and (population) variance of `residual` `[K, B]`."""
+        self.signal_mean.mul_(decay).add_((1.0 - decay) * residual.mean())
+        self.signal_variance.mul_(decay).add_((1.0 - decay) * residual.var(correction=0))
+
+
+class NVIL(Estimator):
+    """NVIL (Mnih & Gregor 2014): REINFORCE with a learned input-dependent baseline and running
+    signal centring and normalisation; K evaluations of f.
+
+    Args:
+        n_samples: K >= 1 samples per example; every sample's signal is centred by the same
+            baseline (C depends on the example, not the sample).
+        baseline_lr: Adam learning rate of the baseline networks, exposed as `lr` (default 1e-3:
+            10x the ARM paper's model rate, as the REBAR authors' NVIL code sets it).
+        hidden_size: H, the tanh units of the baseline network (per-unit features and hidden layer).
+        decay: decay of the running mean and variance of the signal per training step (the paper: 0.8).
+        normalise_gradient: also divide the model's gradient signal by max(1, sqrt(v)), as the
+            paper does (an adaptive step size; the estimate is then of the gradient divided by
+            that number, not of the gradient itself).
+    """
+
+    supports_chains = True
+
+    def __init__(
+        self,
+        n_samples: int = 1,
+        baseline_lr: float = 1e-3,
+        hidden_size: int = 32,
+        decay: float = 0.8,
+        normalise_gradient: bool = False,
+    ):
+        super().__init__()
+        self.n_samples = check_count("n_samples", n_samples, 1)
+        self.lr = check_positive("baseline_lr", baseline_lr)
+        self.hidden_size = check_count("hidden_size", hidden_size, 1)
+        self.decay = check_range("decay", decay, 0.0, 1.0, include_low=True)
+        self.normalise_gradient = bool(normalise_gradient)
+        self.baselines = nn.ModuleList([LayerBaseline(hidden_size)])
+
+    def check_layers(self, n_layers: int) -> None:
+        """Also create the baselines of layers it has none for yet (on the estimator's device)."""
+        super().check_layers(n_layers)
+        device = self.baselines[0].signal_mean.device
+        while len(self.baselines) < n_layers:
+            self.baselines.append(LayerBaseline(self.hidden_size).to(device))
+
+    def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
+        self.check_chain(logits, layers)
+        batch_size, n_samples = logits.shape[0], self.n_samples
+        sample = sample_chain(logits, layers, n_samples)
+        detached = sample.detached_logits()
+        f_values = evaluate_objective(f, (n_samples, batch_size), sample.samples, detached)
+        learn = self.updates_state()
+        with float32_arithmetic(logits.device):
+            values = f_values.detach().float()
+            gradients, residuals, squared_error = [], [], 0.0
+            for baseline, b, phi in zip(self.baselines, sample.samples, detached):
+                phi = smallest_view(phi)  # first layer: [1, B, D]; later layers: [K, B, D]
+                scale = baseline.scale()
+                predicted = scale * baseline.network(phi)  # C: [1, B] or [K, B]
+                centred = values - baseline.signal_mean - predicted  # r: [K, B]
+                weights = centred.detach() / (n_samples * scale if self.normalise_gradient else n_samples)
+                gradients.append(weights.unsqueeze(-1) * (b - torch.sigmoid(phi)))
+                if learn:
+                    squared_error = squared_error + (centred / scale).square().mean()
+                    residuals.append(values - predicted.detach())
+            loss = surrogate_loss(f_values, sample.logits, gradients, batch_size)
+            if learn:
+                loss = loss + (squared_error - squared_error.detach())
+                with torch.no_grad():
+                    for baseline, residual in zip(self.baselines, residuals):
+                        baseline.update(residual, self.decay)
+        return EstimatorOutput(loss=loss, f_values=values, samples=sample.samples)
+
+    def logged_state(self) -> dict[str, Tensor]:
+        state = {}
+        for number, baseline in enumerate(self.baselines, 1):
+            suffix = "" if number == 1 else f"_{number}"
+            state[f"signal_mean{suffix}"] = baseline.signal_mean.detach()
+            state[f"signal_std{suffix}"] = baseline.signal_variance.detach().clamp_min(0).sqrt()
+        return state
