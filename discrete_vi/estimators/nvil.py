@@ -130,32 +130,41 @@ class NVIL(Estimator):
         while len(self.baselines) < n_layers:
             self.baselines.append(LayerBaseline(self.hidden_size).to(device))
 
+    def layer_estimate(self, baseline: LayerBaseline, values: Tensor, samples: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """One layer's per-sample terms of `g` `[K, B, D]` and its centred signal `r = f - c - C(phi)`
+        `[K, B]` (differentiable in the baseline network only).
+
+        values: `[K, B]` f values (float32, detached); samples: `[K, B, D]`; logits (detached,
+        float32): `[1, B, D]` for the first layer, `[K, B, D]` for later ones. The baseline sees the
+        logits only: a baseline that saw the sample would bias the estimate.
+        """
+        scale = baseline.scale()
+        centred = values - baseline.signal_mean - scale * baseline.network(logits)
+        weights = centred.detach() / (self.n_samples * scale if self.normalise_gradient else self.n_samples)
+        return weights.unsqueeze(-1) * (samples - torch.sigmoid(logits)), centred
+
     def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
         self.check_chain(logits, layers)
-        batch_size, n_samples = logits.shape[0], self.n_samples
-        sample = sample_chain(logits, layers, n_samples)
+        batch_size = logits.shape[0]
+        sample = sample_chain(logits, layers, self.n_samples)
         detached = sample.detached_logits()
-        f_values = evaluate_objective(f, (n_samples, batch_size), sample.samples, detached)
+        f_values = evaluate_objective(f, (self.n_samples, batch_size), sample.samples, detached)
         learn = self.updates_state()
         with float32_arithmetic(logits.device):
             values = f_values.detach().float()
-            gradients, residuals, squared_error = [], [], 0.0
+            gradients, centred = [], []
             for baseline, b, phi in zip(self.baselines, sample.samples, detached):
-                phi = smallest_view(phi)  # first layer: [1, B, D]; later layers: [K, B, D]
-                scale = baseline.scale()
-                predicted = scale * baseline.network(phi)  # C: [1, B] or [K, B]
-                centred = values - baseline.signal_mean - predicted  # r: [K, B]
-                weights = centred.detach() / (n_samples * scale if self.normalise_gradient else n_samples)
-                gradients.append(weights.unsqueeze(-1) * (b - torch.sigmoid(phi)))
-                if learn:
-                    squared_error = squared_error + (centred / scale).square().mean()
-                    residuals.append(values - predicted.detach())
+                # first layer: [1, B, D] (its logits are the same for every sample); later: [K, B, D]
+                terms, signal = self.layer_estimate(baseline, values, b, smallest_view(phi))
+                gradients.append(terms)
+                centred.append(signal)
             loss = surrogate_loss(f_values, sample.logits, gradients, batch_size)
             if learn:
+                squared_error = sum((r / baseline.scale()).square().mean() for baseline, r in zip(self.baselines, centred))
                 loss = loss + (squared_error - squared_error.detach())
                 with torch.no_grad():
-                    for baseline, residual in zip(self.baselines, residuals):
-                        baseline.update(residual, self.decay)
+                    for baseline, r in zip(self.baselines, centred):
+                        baseline.update(r + baseline.signal_mean, self.decay)  # f - C
         return EstimatorOutput(loss=loss, f_values=values, samples=sample.samples)
 
     def logged_state(self) -> dict[str, Tensor]:
