@@ -128,7 +128,7 @@ def main(argv=None):
         x = torch.bernoulli(images[: args.images], generator=torch.Generator().manual_seed(0))
         inputs = lambda n: torch.bernoulli(images[torch.randint(0, len(images), (n,))])  # noqa: E731
     print(f"problem={args.problem} draws={args.draws} learn: {args.learn_steps} Adam steps at lr {args.learn_lr}")
-    print(f"{'estimator':<14}{'f evals':>8}{'variance':>14}{'vs RLOO':>9}  learned")
+    print(f"{'estimator':<14}{'f evals':>8}{'variance':>14}{'vs RLOO':>10}  learned")
     for k in args.evaluations:
         made = estimators_at(k)  # those that cannot run at k evaluations are left out
         estimators = {name: made[name] for name in ROWS if name in made}
@@ -145,7 +145,7 @@ def main(argv=None):
             rloo = variance if name == "RLOO" else rloo
             state = {n: round(v.item(), 4) for n, v in estimator.logged_state().items()}
             print(
-                f"{name:<14}{k:>8}{variance:>14.4e}{f'{variance / rloo:8.3f}x' if rloo else '       -'}  {state or ''}"
+                f"{name:<14}{k:>8}{variance:>14.4e}{f'{variance / rloo:>9.3g}x' if rloo else '        -'}  {state or ''}"
                 f" ({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )

@@ -66,7 +66,7 @@ def test_nvil_follows_its_formula_and_each_gradient_goes_where_it_belongs():
     out = estimator(logits, f)
     out.loss.backward()
     theta, b, values = torch.sigmoid(logits.detach()), out.samples[0], out.f_values
-    predicted = n * baseline.network(logits.detach())  # C(phi): [B]
+    predicted = baseline.network(logits.detach())  # C(phi): [B]
     g = ((values - c - predicted.detach()).unsqueeze(-1) * (b - theta)).mean(0)
     expected_encoder = torch.autograd.grad(encoder(x), list(encoder.parameters()), -g / x.shape[0])
     for param, expected in zip(encoder.parameters(), expected_encoder):
@@ -83,7 +83,7 @@ def test_nvil_follows_its_formula_and_each_gradient_goes_where_it_belongs():
 def test_nvil_running_moments_follow_the_formula_after_the_estimate():
     estimator = nvil_at(3, n_samples=2, decay=0.8)
     baseline = estimator.baselines[0]
-    c, v, n = baseline.signal_mean.item(), baseline.signal_variance.item(), baseline.scale().item()
+    c, v = baseline.signal_mean.item(), baseline.signal_variance.item()
     _, f = decoder_objective()
     logits = torch.randn(5, 4)
     leaf = logits.clone().requires_grad_(True)
@@ -91,7 +91,7 @@ def test_nvil_running_moments_follow_the_formula_after_the_estimate():
     out = estimator(leaf, f)
     out.loss.backward()
     with torch.no_grad():
-        residual = out.f_values - n * baseline.network(logits)  # f - C, [K, B]
+        residual = out.f_values - baseline.network(logits)  # f - C, [K, B]
     assert baseline.signal_mean.item() == pytest.approx(0.8 * c + 0.2 * residual.mean().item(), rel=1e-5)
     assert baseline.signal_variance.item() == pytest.approx(0.8 * v + 0.2 * residual.var(correction=0).item(), rel=1e-5)
     # The estimate used the moments from before the call.
@@ -152,11 +152,23 @@ def test_a_model_gives_nvil_one_baseline_per_layer_before_its_optimizer():
     assert "estimator.baselines.1.signal_variance" in model.state_dict()
 
 
+def test_nvil_baseline_network_fits_logits_of_any_width():
+    """Narrower layers are zero-padded to the input width, wider ones fold unit d onto d mod width."""
+    torch.manual_seed(0)
+    network = randomised(NVIL(input_width=3, hidden_size=5), 1).baselines[0].network
+    logits = torch.randn(2, 7, 5)
+    folded = logits[..., :3] + torch.nn.functional.pad(logits[..., 3:], (0, 1))
+    by_hand = network.output(torch.tanh(network.hidden(folded))).squeeze(-1)
+    torch.testing.assert_close(network(logits), by_hand)
+    padded = torch.nn.functional.pad(logits[..., :2], (0, 1))
+    torch.testing.assert_close(network(logits[..., :2]), network(padded))
+
+
 class SampleSeeingNVIL(NVIL):
     """Deliberately wrong: the baseline network is fed the logits plus the sample."""
 
     def layer_estimate(self, baseline, values, samples, logits):
-        centred = values - baseline.signal_mean - baseline.scale() * baseline.network(logits + samples)
+        centred = values - baseline.signal_mean - baseline.network(logits + samples)
         return (centred.detach() / self.n_samples).unsqueeze(-1) * (samples - torch.sigmoid(logits)), centred
 
 
@@ -180,6 +192,7 @@ def test_nvil_refuses_bad_settings():
         (lambda: NVIL(0), "n_samples must be >= 1"),
         (lambda: NVIL(2, baseline_lr=0.0), "baseline_lr must be > 0"),
         (lambda: NVIL(2, hidden_size=0), "hidden_size must be >= 1"),
+        (lambda: NVIL(2, input_width=0), "input_width must be >= 1"),
         (lambda: NVIL(2, decay=1.0), "decay must be in"),
     ]:
         with pytest.raises(ConfigurationError, match=message):

@@ -91,8 +91,10 @@ def muprop_terms(f_values: Tensor, f_centre: Tensor, samples: Tensor, point: Ten
 
 
 class MuProp(Estimator):
-    """MuProp (Gu et al. 2016): REINFORCE with the first-order Taylor expansion of f around the
-    mean-field point as control variate, its expectation added back; K + 1 evaluations of f.
+    """MuProp (Gu et al. 2016): REINFORCE with a Taylor control variate at the mean-field point.
+
+    The first-order expansion of f around `sigmoid(logits)` is subtracted and its expectation
+    added back; K + 1 evaluations of f (the samples and the mean-field point, in one call).
 
     Args:
         n_samples: K >= 1 samples per example (f is also evaluated once at the mean-field point).

@@ -2,14 +2,13 @@
 
 REINFORCE whose learning signal `f(b)` is centred by an input-dependent baseline
 `C(phi)` (a network of the layer's detached logits, never of the sample) and a
-running mean `c` of what the baseline leaves, and whose baseline learns in units
-of a running standard deviation. Per layer, with `S_k = b_k - theta`,
-`n = max(1, sqrt(v))` and the running moments `c`, `v` (buffers):
+running mean `c` of what the baseline leaves, the baseline learning on the
+signal normalised by a running standard deviation. Per layer, with
+`S_k = b_k - theta`, the running moments `c`, `v` (buffers) and `n = max(1, sqrt(v))`:
 
-    C(phi) = n * net(phi)                                  (net: `PooledLogitsNetwork`)
-    r_k    = f_k - c - C(phi)                              (the centred signal, [K, B])
-    g      = 1/K sum_k r_k S_k
-    J      = mean_{k, B} (r_k / n)^2                       (the baseline's squared error)
+    r_k = f_k - c - C(phi)                 (the centred signal, [K, B])
+    g   = 1/K sum_k r_k S_k
+    J   = mean_{k, B} (r_k / n)^2          (the baseline's squared error, n held fixed)
 
 `c`, `n` and `C` do not depend on the samples `b_k` (layer l's logits depend on
 the layers above it only), so `g` is unbiased for any baseline weights and any
@@ -51,31 +50,34 @@ from discrete_vi.estimators.base import (
 )
 
 
-class PooledLogitsNetwork(nn.Module):
-    """`net(phi) = w . tanh(W m + a) + w0`, `m = 1/D sum_d tanh(u phi_d + e)` (`u, e, a, w` in R^H):
-    one scalar per example for logits of any width D. The output layer starts at zero (C = 0)."""
+class LogitsBaselineNetwork(nn.Module):
+    """`net(phi) = w . tanh(W fold(phi) + a) + w0`: one hidden layer of tanh units on a layer's
+    logits, one scalar per example. `fold` fits logits of any width D to the input width: they
+    fill it in order (zero-padded), and unit d of a wider layer adds onto input `d mod width`.
+    The output layer starts at zero (C = 0)."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, input_width: int, hidden_size: int):
         super().__init__()
-        self.unit = nn.Linear(1, hidden_size)
-        self.hidden = nn.Linear(hidden_size, hidden_size)
+        self.hidden = nn.Linear(input_width, hidden_size)
         self.output = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
     def forward(self, logits: Tensor) -> Tensor:
         """logits `[..., D]` -> `[...]`."""
-        per_unit = torch.addcmul(self.unit.bias, logits.unsqueeze(-1), self.unit.weight[:, 0])  # [..., D, H]
-        pooled = torch.tanh(per_unit).mean(-2)
-        return self.output(torch.tanh(self.hidden(pooled))).squeeze(-1)
+        width, units = self.hidden.in_features, logits.shape[-1]
+        if units != width:
+            padded = nn.functional.pad(logits, (0, -units % width))
+            logits = padded.view(*logits.shape[:-1], -1, width).sum(-2)
+        return self.output(torch.tanh(self.hidden(logits))).squeeze(-1)
 
 
 class LayerBaseline(nn.Module):
     """One stochastic layer's baseline network and the running mean and variance of `f - C`."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, input_width: int, hidden_size: int):
         super().__init__()
-        self.network = PooledLogitsNetwork(hidden_size)
+        self.network = LogitsBaselineNetwork(input_width, hidden_size)
         self.register_buffer("signal_mean", torch.zeros((), dtype=torch.float32))
         self.register_buffer("signal_variance", torch.zeros((), dtype=torch.float32))
 
@@ -90,15 +92,19 @@ class LayerBaseline(nn.Module):
 
 
 class NVIL(Estimator):
-    """NVIL (Mnih & Gregor 2014): REINFORCE with a learned input-dependent baseline and running
-    signal centring and normalisation; K evaluations of f.
+    """NVIL (Mnih & Gregor 2014): REINFORCE with a learned baseline network and running signal moments.
+
+    `g = 1/K sum_k (f_k - c - C(phi)) (b_k - theta)`, K evaluations of f; the baseline network
+    `C` (a function of the layer's logits, never of the sample) learns by squared error.
 
     Args:
         n_samples: K >= 1 samples per example; every sample's signal is centred by the same
             baseline (C depends on the example, not the sample).
         baseline_lr: Adam learning rate of the baseline networks, exposed as `lr` (default 1e-3:
             10x the ARM paper's model rate, as the REBAR authors' NVIL code sets it).
-        hidden_size: H, the tanh units of the baseline network (per-unit features and hidden layer).
+        hidden_size: tanh units of the baseline network's hidden layer (the paper: 100).
+        input_width: the baseline network's inputs: a layer's logits fill them in order,
+            zero-padded; a wider layer's unit d adds onto input d mod input_width.
         decay: decay of the running mean and variance of the signal per training step (the paper: 0.8).
         normalise_gradient: also divide the model's gradient signal by max(1, sqrt(v)), as the
             paper does (an adaptive step size; the estimate is then of the gradient divided by
@@ -111,7 +117,8 @@ class NVIL(Estimator):
         self,
         n_samples: int = 1,
         baseline_lr: float = 1e-3,
-        hidden_size: int = 32,
+        hidden_size: int = 100,
+        input_width: int = 200,
         decay: float = 0.8,
         normalise_gradient: bool = False,
     ):
@@ -119,16 +126,17 @@ class NVIL(Estimator):
         self.n_samples = check_count("n_samples", n_samples, 1)
         self.lr = check_positive("baseline_lr", baseline_lr)
         self.hidden_size = check_count("hidden_size", hidden_size, 1)
+        self.input_width = check_count("input_width", input_width, 1)
         self.decay = check_range("decay", decay, 0.0, 1.0, include_low=True)
         self.normalise_gradient = bool(normalise_gradient)
-        self.baselines = nn.ModuleList([LayerBaseline(hidden_size)])
+        self.baselines = nn.ModuleList([LayerBaseline(input_width, hidden_size)])
 
     def check_layers(self, n_layers: int) -> None:
         """Also create the baselines of layers it has none for yet (on the estimator's device)."""
         super().check_layers(n_layers)
         device = self.baselines[0].signal_mean.device
         while len(self.baselines) < n_layers:
-            self.baselines.append(LayerBaseline(self.hidden_size).to(device))
+            self.baselines.append(LayerBaseline(self.input_width, self.hidden_size).to(device))
 
     def layer_estimate(self, baseline: LayerBaseline, values: Tensor, samples: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
         """One layer's per-sample terms of `g` `[K, B, D]` and its centred signal `r = f - c - C(phi)`
@@ -138,9 +146,8 @@ class NVIL(Estimator):
         float32): `[1, B, D]` for the first layer, `[K, B, D]` for later ones. The baseline sees the
         logits only: a baseline that saw the sample would bias the estimate.
         """
-        scale = baseline.scale()
-        centred = values - baseline.signal_mean - scale * baseline.network(logits)
-        weights = centred.detach() / (self.n_samples * scale if self.normalise_gradient else self.n_samples)
+        centred = values - baseline.signal_mean - baseline.network(logits)
+        weights = centred.detach() / (self.n_samples * baseline.scale() if self.normalise_gradient else self.n_samples)
         return weights.unsqueeze(-1) * (samples - torch.sigmoid(logits)), centred
 
     def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
