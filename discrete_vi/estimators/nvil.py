@@ -86,9 +86,13 @@ class LayerBaseline(nn.Module):
         return self.signal_variance.clamp_min(1.0).sqrt()
 
     def update(self, residual: Tensor, decay: float) -> None:
-        """Move the running moments towards the mean and (population) variance of `residual` `[K, B]`."""
-        self.signal_mean.mul_(decay).add_((1.0 - decay) * residual.mean())
-        self.signal_variance.mul_(decay).add_((1.0 - decay) * residual.var(correction=0))
+        """Move the running moments towards the mean and (population) variance of `residual` `[K, B]`.
+
+        New tensors, not in-place updates: the backward pass of the same step reads the old moments
+        (the baseline's squared error divides by `n`), and a compiled step recomputes `n` there from
+        the buffer, so an in-place update would leak into it."""
+        self.signal_mean = decay * self.signal_mean + (1.0 - decay) * residual.mean()
+        self.signal_variance = decay * self.signal_variance + (1.0 - decay) * residual.var(correction=0)
 
 
 class NVIL(Estimator):
