@@ -101,6 +101,21 @@ def test_nvil_running_moments_follow_the_formula_after_the_estimate():
     assert estimator.logged_state()["signal_std"].item() == pytest.approx(baseline.signal_variance.item() ** 0.5)
 
 
+def test_nvil_gradients_scale_with_the_loss():
+    """A gradient scaler or accumulation multiplies the loss: every gradient scales with it."""
+    _, f = decoder_objective()
+    logits = torch.randn(5, 4)
+    grads = []
+    for scale in (1.0, 1024.0):
+        estimator = nvil_at(12)
+        torch.manual_seed(1)
+        leaf = logits.clone().requires_grad_(True)
+        (scale * estimator(leaf, f).loss).backward()
+        grads.append([leaf.grad / scale, *(p.grad / scale for p in estimator.parameters())])
+    for unscaled, scaled in zip(*grads):
+        torch.testing.assert_close(unscaled, scaled)
+
+
 def test_nvil_updates_nothing_in_eval_mode_or_without_autograd():
     estimator = nvil_at(5)
     before = {k: v.clone() for k, v in estimator.state_dict().items()}
@@ -150,6 +165,11 @@ def test_a_model_gives_nvil_one_baseline_per_layer_before_its_optimizer():
     assert estimator_group["lr"] == model.estimator.lr == 1e-3
     assert {"signal_mean", "signal_std", "signal_mean_2", "signal_std_2"} <= set(model.estimator.logged_state())
     assert "estimator.baselines.1.signal_variance" in model.state_dict()
+    randomised(model.estimator, 13)
+    restored = BinaryVAE(estimator=NVIL(), input_size=12, latent_sizes=(5, 3))
+    restored.load_state_dict(model.state_dict())
+    for key, value in model.estimator.state_dict().items():
+        assert torch.equal(restored.estimator.state_dict()[key], value), key
 
 
 def test_nvil_baseline_network_fits_logits_of_any_width():
