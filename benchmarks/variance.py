@@ -8,9 +8,17 @@ Two problems:
   with RLOO (K = 2) for `--pretrain-steps` steps, then frozen; the variance is
   per example and unit over draws, for `--images` fixed training images.
 
-Learned estimator state (double-CV alpha; RODEO alpha, beta and control network)
-is first learned at the frozen parameters with Adam (`--learn-lr`, `--learn-steps`,
-batches of 100) by descending the estimate's second moment, as in training.
+Learned estimator state (double-CV alpha; RODEO alpha, beta and control network;
+NVIL's baseline network and running moments) is first learned at the frozen
+parameters with Adam (`--learn-lr`, `--learn-steps`, batches of 100) on each
+estimator's own objective (the estimate's second moment; NVIL: the baseline's
+squared error), as in training.
+
+Every estimator runs at the same number of evaluations of f per example: K
+samples (REINFORCE with and without its moving-average baseline, NVIL, RLOO,
+double CV, RODEO, ARMS), K/2 antithetic pairs (DisARM), K - 1 samples and the
+mean-field point (MuProp); those that cannot run at a cost (DisARM at an odd one,
+RLOO and MuProp at one) are left out of its rows.
 
     python benchmarks/variance.py --problem toy --evaluations 2 4
 """
@@ -26,8 +34,11 @@ from torch import nn
 from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.data.bundled import load_mnist_subset
 from discrete_vi.diagnostics import logit_estimates
-from discrete_vi.estimators import ARMS, RLOO, RODEO, DisARM, RLOODoubleCV
+from discrete_vi.estimators import RLOO, RODEO, estimators_at
 from discrete_vi.toy import quadratic_problem, train_toy
+
+ROWS = ["RLOO", "Reinforce", "Reinforce+EMA", "NVIL", "MuProp", "RLOODoubleCV", "RODEO", "ARMS", "DisARM"]
+"""The estimators measured, in the order printed (RLOO first: the others' ratios are to it)."""
 
 
 def toy_problem():
@@ -66,17 +77,20 @@ def vae_problem(pretrain_steps: int, latent: int = 200, batch: int = 100):
 
 
 def learn_state(estimator, inputs, make_f, encoder, steps: int, lr: float, batch: int = 100) -> None:
-    """Adam on the estimator's own parameters (the second moment of its estimate), model frozen."""
+    """Training calls at the frozen model: Adam on the estimator's own parameters (on its own
+    objective), and the updates of its buffers (moving averages, running moments)."""
     params = list(estimator.parameters())
-    if not params:
+    if not params and not any(True for _ in estimator.buffers()):
         return
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = torch.optim.Adam(params, lr=lr) if params else None
     for _ in range(steps):
         x = inputs(batch)
         logits = (encoder(x) if encoder is not None else x).clone().requires_grad_(True)
-        optimizer.zero_grad()
-        estimator(logits, make_f(x)).loss.backward()
-        optimizer.step()
+        loss = estimator(logits, make_f(x)).loss
+        if optimizer is not None:
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
 
 
 def measure(estimator, x, make_f, encoder, draws: int, chunk: int) -> float:
@@ -114,15 +128,12 @@ def main(argv=None):
         x = torch.bernoulli(images[: args.images], generator=torch.Generator().manual_seed(0))
         inputs = lambda n: torch.bernoulli(images[torch.randint(0, len(images), (n,))])  # noqa: E731
     print(f"problem={args.problem} draws={args.draws} learn: {args.learn_steps} Adam steps at lr {args.learn_lr}")
-    print(f"{'estimator':<14}{'f evals':>8}{'variance':>14}{'vs RLOO':>9}  learned")
+    print(f"{'estimator':<14}{'f evals':>8}{'variance':>14}{'vs RLOO':>10}  learned")
     for k in args.evaluations:
-        estimators = {
-            "RLOO": RLOO(k),
-            "RLOODoubleCV": RLOODoubleCV(k),
-            "RODEO": RODEO(k, expansions=args.rodeo_expansions),
-            "ARMS": ARMS(k),
-            "DisARM": DisARM(k // 2),
-        }
+        made = estimators_at(k)  # those that cannot run at k evaluations are left out
+        estimators = {name: made[name] for name in ROWS if name in made}
+        if "RODEO" in estimators:
+            estimators["RODEO"] = RODEO.at_cost(k, expansions=args.rodeo_expansions)
         rloo = None
         for name, estimator in estimators.items():
             if args.only and name not in args.only and name != "RLOO":
@@ -134,7 +145,7 @@ def main(argv=None):
             rloo = variance if name == "RLOO" else rloo
             state = {n: round(v.item(), 4) for n, v in estimator.logged_state().items()}
             print(
-                f"{name:<14}{k:>8}{variance:>14.4e}{variance / rloo:>8.3f}x  {state or ''}"
+                f"{name:<14}{k:>8}{variance:>14.4e}{f'{variance / rloo:>9.3g}x' if rloo else '        -'}  {state or ''}"
                 f" ({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )

@@ -142,6 +142,11 @@ class EstimatorVarianceBasket(pl.Callback):
     def _build(self, pl_module) -> dict:
         own = pl_module.estimator
         made = estimators_at(own.n_evaluations)
+        unfit = [label for label in self.labels if label not in made]
+        if unfit:
+            raise ConfigurationError(
+                f"basket estimator(s) {unfit} cannot run at the model's {own.n_evaluations} evaluations of f per example"
+            )
         basket = {}
         for label in self.labels:
             candidate = made[label]

@@ -2,16 +2,17 @@
 
 import pytest
 import torch
-from helpers import ESTIMATOR_CASES, case_ids, decoder_objective
+from helpers import ESTIMATOR_CASES, case_ids, decoder_objective, drawn_samples
 
 from discrete_vi.estimators import ARM, RLOO, DisARM, Estimator, Reinforce, RLOODoubleCV
 from discrete_vi.estimators.double_cv import double_cv_terms
+from discrete_vi.estimators.muprop import muprop_terms
 from discrete_vi.exact import MAX_BITS, exact_objective
 
 CASES = [case for case in ESTIMATOR_CASES if case.cost in (2, 3)]
 """Every registered estimator (and variant) at 2 and 3 evaluations of f where it accepts them."""
 # Estimators whose estimate uses d f / d b from the backward pass (the rest weight f values only).
-USES_F_GRADIENT = {"RLOODoubleCV", "RODEO", "StraightThrough", "GumbelSoftmaxST"}
+USES_F_GRADIENT = {"RLOODoubleCV", "RODEO", "StraightThrough", "GumbelSoftmaxST", "MuProp"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
@@ -21,7 +22,7 @@ def test_loss_value_and_decoder_gradient(case):
     decoder, f = decoder_objective()
     logits = torch.randn(5, 4, requires_grad=True)
     out = estimator(logits, f)
-    k = estimator.n_evaluations
+    k = drawn_samples(estimator)
     assert out.f_values.shape == (k, 5) and out.samples[0].shape == (k, 5, 4)
     assert set(out.samples[0].unique().tolist()) <= {0.0, 1.0}
     torch.testing.assert_close(out.loss.detach(), -out.f_values.mean())
@@ -203,6 +204,18 @@ def test_autocast_keeps_estimator_arithmetic_in_float32(case):
     elif case.name in ("StraightThrough", "GumbelSoftmaxST"):
         # Float32 estimates from bf16 values and gradients of f, close to float32's.
         torch.testing.assert_close(g16, g32, rtol=0.05, atol=0.05 * g32.abs().max().item())
+    elif case.name == "MuProp":
+        # f at the samples and the mean-field point theta in one bf16 call, and d f / d b at theta
+        # from that call's bf16 backward pass: the float32 formula on this run's own values.
+        theta = torch.sigmoid(logits).unsqueeze(0)
+        point = theta.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            values = f(torch.cat([out16.samples[0], point]))
+            (slope,) = torch.autograd.grad(values[-1].float().sum(), point)
+        torch.testing.assert_close(values[:-1].float(), out16.f_values, rtol=0, atol=0)
+        expected = muprop_terms(out16.f_values, values[-1:].detach().float(), out16.samples[0], theta, theta,
+                                slope.float()).sum(0)
+        torch.testing.assert_close(g16, expected)
     else:
         # Double CV and RODEO also use d f / d b from the bf16 backward pass: check the estimate
         # against the float32 formula applied to this run's own f values and gradients.

@@ -9,7 +9,7 @@ import torch
 
 from discrete_vi.data import BinarizedImageDataModule
 from discrete_vi.diagnostics import logit_gradient_variance
-from discrete_vi.estimators import ARM, RLOO, DisARM, RLOODoubleCV
+from discrete_vi.estimators import ARM, NVIL, RLOO, DisARM, MuProp, RLOODoubleCV
 from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.checks import ConfigurationError
 from discrete_vi.exact import all_configurations
@@ -96,7 +96,8 @@ def fit_and_measure(model, steps: int, digits) -> tuple[float, float]:
     return before, after
 
 
-@pytest.mark.parametrize("estimator", [RLOO(2), ARM(1), DisARM(1)], ids=["rloo", "arm", "disarm"])
+@pytest.mark.parametrize("estimator", [RLOO(2), ARM(1), DisARM(1), NVIL(1), MuProp(1)],
+                         ids=["rloo", "arm", "disarm", "nvil", "muprop"])
 def test_two_layer_vae_improves_its_elbo(estimator, digits):
     torch.manual_seed(0)
     model = BinaryVAE(estimator=estimator, latent_sizes=(200, 200), lr=3e-3)
@@ -124,6 +125,7 @@ def test_double_cv_on_two_layers_fails_at_configuration(make):
         ({"latent_sizes": ()}, "latent_sizes must be a non-empty list"),
         ({"latent_sizes": (200, 0)}, "latent_sizes must be a non-empty list"),
         ({"network": "deep"}, "network must be one of"),
+        ({"negative_slope": -0.1}, "negative_slope must be in"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"prior_lr": -1.0}, "prior_lr must be >= 0"),
         ({"encoder_lr": 0.0}, "encoder_lr must be > 0"),
@@ -143,6 +145,10 @@ def test_nonlinear_vae_mirrors_its_networks():
     assert isinstance(model.encoder[0][1], torch.nn.LeakyReLU) and model.encoder[0][1].negative_slope == 0.3
     assert [tuple(p.shape) for p in model.decoder[0].parameters()][-2:] == [(784, 200), (784,)]
     assert math.isfinite(model.bounds(torch.zeros(2, 784), 3)[0].sum().item())
+    arm_mnist = BinaryVAE(network="nonlinear", negative_slope=0.1)  # the ARM paper's MNIST networks
+    slopes = {m.negative_slope for part in (arm_mnist.encoder, arm_mnist.decoder) for m in part.modules()
+              if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {0.1}
 
 
 def test_checkpoints_load_across_estimators():

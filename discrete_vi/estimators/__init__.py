@@ -9,10 +9,13 @@
 `base.Estimator` for the contract and `docs/estimators.md` for the math.
 """
 
+from discrete_vi.checks import ConfigurationError
 from discrete_vi.estimators.arm import ARM, DisARM
 from discrete_vi.estimators.arms import ARMS
 from discrete_vi.estimators.base import Estimator, EstimatorOutput
 from discrete_vi.estimators.double_cv import RLOODoubleCV
+from discrete_vi.estimators.muprop import MuProp
+from discrete_vi.estimators.nvil import NVIL
 from discrete_vi.estimators.reinforce import RLOO, Reinforce
 from discrete_vi.estimators.rodeo import RODEO
 from discrete_vi.estimators.straight_through import GumbelSoftmaxST, StraightThrough
@@ -25,6 +28,8 @@ ESTIMATORS: dict[str, type[Estimator]] = {
     "DisARM": DisARM,
     "ARMS": ARMS,
     "RODEO": RODEO,
+    "NVIL": NVIL,
+    "MuProp": MuProp,
     "StraightThrough": StraightThrough,
     "GumbelSoftmaxST": GumbelSoftmaxST,
 }
@@ -36,10 +41,17 @@ VARIANTS: dict[str, tuple[str, dict]] = {"Reinforce+EMA": ("Reinforce", {"baseli
 
 def estimators_at(n_evaluations: int) -> dict[str, Estimator]:
     """A fresh instance of every estimator (and variant) evaluating `f` `n_evaluations` times
-    per example (an even number, for the antithetic pairs), by label: for comparisons at equal cost."""
+    per example, by label: for comparisons at equal cost. Those that cannot run at that cost
+    (antithetic pairs at an odd one, RLOO or MuProp at one) are left out."""
     labels = {name: (name, {}) for name in ESTIMATORS}
     labels.update(VARIANTS)
-    return {label: ESTIMATORS[name].at_cost(n_evaluations, **options) for label, (name, options) in labels.items()}
+    made = {}
+    for label, (name, options) in labels.items():
+        try:
+            made[label] = ESTIMATORS[name].at_cost(n_evaluations, **options)
+        except ConfigurationError:
+            continue
+    return made
 
 
 __all__ = ["ESTIMATORS", "VARIANTS", "Estimator", "EstimatorOutput", "estimators_at", *ESTIMATORS]

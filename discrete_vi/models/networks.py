@@ -15,17 +15,19 @@ def check_network(network: str) -> str:
     return check_choice("network", network, get_args(Network))
 
 
-def make_network(in_features: int, out_features: int, network: str = "linear", hidden_size: int = 200) -> nn.Module:
+def make_network(in_features: int, out_features: int, network: str = "linear", hidden_size: int = 200,
+                 negative_slope: float = 0.3) -> nn.Module:
     """`linear`: one affine map. `nonlinear`: two deterministic hidden layers of
-    `hidden_size` units with LeakyReLU(0.3), as in the ARM/DisARM/double-CV papers.
+    `hidden_size` units with LeakyReLU(`negative_slope`): 0.3 in the DisARM/double-CV
+    papers' code and ARM's OMNIGLOT scripts, 0.1 in ARM's MNIST scripts.
     Works on any leading dimensions: `[..., in_features]` -> `[..., out_features]`."""
     if check_network(network) == "linear":
         return nn.Linear(in_features, out_features)
     return nn.Sequential(
         nn.Linear(in_features, hidden_size),
-        nn.LeakyReLU(0.3),
+        nn.LeakyReLU(negative_slope),
         nn.Linear(hidden_size, hidden_size),
-        nn.LeakyReLU(0.3),
+        nn.LeakyReLU(negative_slope),
         nn.Linear(hidden_size, out_features),
     )
 

@@ -7,7 +7,7 @@ with factorised Bernoulli distributions throughout, a learned factorised
 prior on the top layer and a Bernoulli likelihood on the pixels. `linear`
 networks map each layer to the next with one affine map (784-200, and
 784-200-200 for two layers); `nonlinear` ones put two deterministic hidden
-layers of 200 LeakyReLU(0.3) units between stochastic layers.
+layers of 200 LeakyReLU units (slope 0.3 by default) between stochastic layers.
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ class BinaryVAE(BinaryLatentModule):
         input_size: pixels per image (the command line sets it from the data).
         latent_sizes: binary units per stochastic layer, in the order they are sampled
             (`[200]`: one layer; `[200, 200]`: two).
-        network: "linear" (one affine map between layers) or "nonlinear" (two hidden LeakyReLU(0.3) layers).
+        network: "linear" (one affine map between layers) or "nonlinear" (two hidden LeakyReLU layers).
         hidden_size: width of the deterministic layers of nonlinear networks.
+        negative_slope: the LeakyReLU's slope for negative inputs in nonlinear networks (0.3 as in the
+            DisARM and double-CV code; the ARM paper's MNIST code uses 0.1).
         encoder_lr: Adam learning rate of the encoder (default: lr).
         decoder_lr: Adam learning rate of the decoder (default: lr).
         prior_lr: Adam learning rate of the prior's logits (default: lr); 0 freezes the prior.
@@ -50,6 +52,7 @@ class BinaryVAE(BinaryLatentModule):
         latent_sizes: tuple[int, ...] = (200,),
         network: Network = "linear",
         hidden_size: int = 200,
+        negative_slope: float = 0.3,
         encoder_lr: float | None = None,
         decoder_lr: float | None = None,
         prior_lr: float | None = None,
@@ -61,6 +64,7 @@ class BinaryVAE(BinaryLatentModule):
         latent_sizes = check_sizes("latent_sizes", latent_sizes)
         check_count("input_size", input_size, 1)
         check_network(network)
+        check_range("negative_slope", negative_slope, 0.0, 1.0, include_low=True)
         self.encoder_lr = check_positive("encoder_lr", encoder_lr)
         self.decoder_lr = check_positive("decoder_lr", decoder_lr)
         self.prior_lr = check_range("prior_lr", prior_lr, include_low=True, note=" (0 freezes the prior)")
@@ -69,9 +73,9 @@ class BinaryVAE(BinaryLatentModule):
         self.demean, self.init_output_bias = demean, init_output_bias
         sizes = [input_size, *latent_sizes]
         # encoder[l]: layer l (x for l = 0) -> logits of latent layer l+1.
-        self.encoder = nn.ModuleList(make_network(a, b, network, hidden_size) for a, b in zip(sizes, sizes[1:]))
+        self.encoder = nn.ModuleList(make_network(a, b, network, hidden_size, negative_slope) for a, b in zip(sizes, sizes[1:]))
         # decoder[l]: latent layer l+1 -> logits of layer l (pixels for l = 0).
-        self.decoder = nn.ModuleList(make_network(b, a, network, hidden_size) for a, b in zip(sizes, sizes[1:]))
+        self.decoder = nn.ModuleList(make_network(b, a, network, hidden_size, negative_slope) for a, b in zip(sizes, sizes[1:]))
         self.prior_logits = nn.Parameter(torch.zeros(latent_sizes[-1]))
         self.register_buffer("input_mean", torch.zeros(input_size))
         # Set once the training mean has been taken (saved in checkpoints, so a resumed or
