@@ -72,8 +72,13 @@ class EstimatorCase:
     build: Callable[[], Estimator]
 
     def make(self) -> Estimator:
-        """A fresh instance, learned state randomised (the same for every call)."""
-        return randomised(self.build(), zlib.crc32(self.id.encode()))
+        """A fresh instance, learned state randomised (the same for every call: a network's initial
+        weights are drawn from a seeded stream, leaving torch's global stream as it was)."""
+        seed = zlib.crc32(self.id.encode())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            estimator = self.build()
+        return randomised(estimator, seed)
 
     @property
     def cls(self) -> type[Estimator]:
@@ -100,6 +105,16 @@ UNBIASED_CASES = [case for case in ESTIMATOR_CASES if not case.cls.biased]
 CHAIN_CASES = [case for case in UNBIASED_CASES if case.cls.supports_chains]
 # One case per registered estimator and variant, at the smallest cost it accepts from 2 up.
 ONE_PER_ESTIMATOR = list({case.id.rsplit("-", 1)[0]: case for case in reversed(ESTIMATOR_CASES) if case.cost >= 2}.values())[::-1]
+
+
+# Estimators that evaluate f at relaxed points besides their samples: evaluations of f per sample.
+# Their `f_values` and `samples` hold the samples only (what the loss averages).
+EVALUATIONS_PER_SAMPLE = {"REBAR": 3, "RELAX": 3}
+
+
+def returned_samples(estimator: Estimator) -> int:
+    """Rows of an estimator's `f_values` for one layer: its evaluations of f, less relaxed ones."""
+    return estimator.n_evaluations // EVALUATIONS_PER_SAMPLE.get(type(estimator).__name__, 1)
 
 
 def case_ids(cases: list[EstimatorCase]) -> list[str]:

@@ -14,6 +14,7 @@ from discrete_vi.estimators.arms import ARMS
 from discrete_vi.estimators.base import Estimator, EstimatorOutput
 from discrete_vi.estimators.double_cv import RLOODoubleCV
 from discrete_vi.estimators.reinforce import RLOO, Reinforce
+from discrete_vi.estimators.relax import RELAX, REBAR
 from discrete_vi.estimators.rodeo import RODEO
 from discrete_vi.estimators.straight_through import GumbelSoftmaxST, StraightThrough
 
@@ -25,6 +26,8 @@ ESTIMATORS: dict[str, type[Estimator]] = {
     "DisARM": DisARM,
     "ARMS": ARMS,
     "RODEO": RODEO,
+    "REBAR": REBAR,
+    "RELAX": RELAX,
     "StraightThrough": StraightThrough,
     "GumbelSoftmaxST": GumbelSoftmaxST,
 }
