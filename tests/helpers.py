@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.checks import ConfigurationError
-from discrete_vi.estimators import ESTIMATORS, VARIANTS, Estimator
+from discrete_vi.estimators import ESTIMATORS, Estimator, estimator_labels
 
 # --- statistics ---------------------------------------------------------------------------
 
@@ -87,9 +87,8 @@ class EstimatorCase:
 
 def registry_cases() -> list[EstimatorCase]:
     """Every registered estimator and variant at every cost of `COSTS` it accepts."""
-    labels = {name: (name, {}) for name in ESTIMATORS} | VARIANTS
     cases = []
-    for label, (name, options) in labels.items():
+    for label, (name, options) in estimator_labels().items():
         for cost in COSTS:
             try:
                 ESTIMATORS[name].at_cost(cost, **options)

@@ -9,6 +9,7 @@
 `base.Estimator` for the contract and `docs/estimators.md` for the math.
 """
 
+from discrete_vi.checks import ConfigurationError
 from discrete_vi.estimators.arm import ARM, DisARM
 from discrete_vi.estimators.arms import ARMS
 from discrete_vi.estimators.base import Estimator, EstimatorOutput
@@ -37,12 +38,22 @@ VARIANTS: dict[str, tuple[str, dict]] = {"Reinforce+EMA": ("Reinforce", {"baseli
 """Settings worth comparing on their own (label -> estimator name, options)."""
 
 
+def estimator_labels() -> dict[str, tuple[str, dict]]:
+    """Every estimator and variant: label -> (estimator name, options)."""
+    return {name: (name, {}) for name in ESTIMATORS} | VARIANTS
+
+
 def estimators_at(n_evaluations: int) -> dict[str, Estimator]:
-    """A fresh instance of every estimator (and variant) evaluating `f` `n_evaluations` times
-    per example (an even number, for the antithetic pairs), by label: for comparisons at equal cost."""
-    labels = {name: (name, {}) for name in ESTIMATORS}
-    labels.update(VARIANTS)
-    return {label: ESTIMATORS[name].at_cost(n_evaluations, **options) for label, (name, options) in labels.items()}
+    """A fresh instance of every estimator (and variant) that evaluates `f` `n_evaluations` times per
+    example, by label, for comparisons at equal cost; those that cannot are left out (ARM and
+    DisARM at an odd cost, REBAR and RELAX at one that is not a multiple of 3, RLOO at 1)."""
+    made = {}
+    for label, (name, options) in estimator_labels().items():
+        try:
+            made[label] = ESTIMATORS[name].at_cost(n_evaluations, **options)
+        except ConfigurationError:
+            continue
+    return made
 
 
-__all__ = ["ESTIMATORS", "VARIANTS", "Estimator", "EstimatorOutput", "estimators_at", *ESTIMATORS]
+__all__ = ["ESTIMATORS", "VARIANTS", "Estimator", "EstimatorOutput", "estimator_labels", "estimators_at", *ESTIMATORS]

@@ -173,12 +173,16 @@ class REBAR(Estimator):
                 for l in range(n_layers)
             ]
             loss = surrogate_loss(hard_values, hard.logits, [g.detach() / n for g in estimates], batch_size)
-            if learn:  # descend sum over layers of mean(g^2), g the per-example estimate (mean over samples)
-                second_moment = sum(g.mean(0).square().mean() for g in estimates)
-                params = list(self.parameters())
-                grads = torch.autograd.grad(second_moment, params, allow_unused=True, retain_graph=True)
-                loss = loss + _ParameterGradients.apply(grads, *params)
+            if learn:  # sum over layers of mean(g^2), g the per-example estimate (the mean over samples)
+                loss = loss + self.descent_term(sum(g.mean(0).square().mean() for g in estimates))
         return EstimatorOutput(loss=loss, f_values=out_values, samples=hard.samples)
+
+    def descent_term(self, second_moment: Tensor) -> Tensor:
+        """A zero for the loss whose backward gives each of the estimator's parameters
+        `d second_moment / d param` (times the loss's scale) and nothing to anything else."""
+        params = list(self.parameters())
+        grads = torch.autograd.grad(second_moment, params, allow_unused=True, retain_graph=True)
+        return _ParameterGradients.apply(grads, *params)
 
     def layer_estimate(self, f_values: Tensor, relaxed_values: Tensor, f_slopes: Tensor, points: Tensor,
                        samples: Tensor, logits: Tensor, tilde_slopes: Tensor, learn: bool) -> Tensor:
