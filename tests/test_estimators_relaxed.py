@@ -106,8 +106,10 @@ def textbook_estimate(estimator, logits, f, seed: int, n: int):
 
     def control(points):
         value = f(torch.sigmoid(points / temperature))
-        if isinstance(estimator, RELAX):
-            value = value + estimator.network(phi, points)
+        if isinstance(estimator, RELAX):  # the network as its layers define it (autograd, not its written-out slope)
+            net = estimator.network
+            hidden = nn.functional.leaky_relu(net.hidden(torch.stack([phi, points], -1)), 0.3)
+            value = value + net.output(hidden).squeeze(-1).sum(-1)
         return eta * value
 
     at_z, at_z_tilde = control(z), control(z_tilde)

@@ -139,8 +139,9 @@ class REBAR(Estimator):
             )
         return cls(n_evaluations // EVALUATIONS_PER_SAMPLE, **options)
 
-    def residual(self, logits: Tensor, points: Tensor) -> Tensor | None:
-        """The learned part of the control besides `f` (`[N, B]` from `[N, B, D]`); none for REBAR."""
+    def residual(self, logits: Tensor, points: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The learned part of the control besides `f` and its derivative in `points`
+        (`[N, B]` and `[N, B, D]` from `[N, B, D]` each); none for REBAR."""
         return None
 
     def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
@@ -199,8 +200,7 @@ class REBAR(Estimator):
         control, slope = relaxed_values, f_slopes
         residual = self.residual(torch.cat([logits, logits]), points)
         if residual is not None:
-            (residual_slope,) = torch.autograd.grad(residual.sum(), points, create_graph=learn)
-            control, slope = control + residual, slope + residual_slope
+            control, slope = control + residual[0], slope + residual[1]
         score = samples - torch.sigmoid(logits)
         return (f_values - eta * control[n:]).unsqueeze(-1) * score + eta * (slope[:n] - slope[n:] * tilde_slopes)
 
@@ -239,17 +239,29 @@ class REBAR(Estimator):
 
 
 class UnitResidual(nn.Module):
-    """`r(phi, z) = sum_d m(phi_d, z_d)`, `m`: 2 inputs -> `hidden_size` LeakyReLU(0.3) -> 1, shared by the units."""
+    """`r(phi, z) = sum_d m(phi_d, z_d)`, `m`: 2 inputs -> `hidden_size` LeakyReLU(0.3) -> 1, shared by
+    the units; the output layer starts at zero."""
 
     def __init__(self, hidden_size: int = 137):
         super().__init__()
         self.hidden = nn.Linear(2, hidden_size)
         self.output = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.output.weight)  # r = 0 at first: RELAX starts as REBAR
+        nn.init.zeros_(self.output.bias)
 
-    def forward(self, logits: Tensor, points: Tensor) -> Tensor:
-        """logits, points `[N, B, D]` -> `[N, B]`."""
-        hidden = nn.functional.leaky_relu(self.hidden(torch.stack([logits, points], -1)), 0.3)
-        return self.output(hidden).squeeze(-1).sum(-1)
+    def forward(self, logits: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
+        """logits, points `[N, B, D]` -> `r` `[N, B]` and `d r / d points` `[N, B, D]`.
+
+        The derivative is written out (`m' = sum_h w_h LeakyReLU'(a_h) A_hz`), so learning the
+        network differentiates it once, not through a second backward pass; the hidden layer is
+        formed elementwise (`[N, B, D, hidden]`), cheaper than a matrix product with two inputs.
+        """
+        weight, out_weight = self.hidden.weight, self.output.weight[0]
+        pre = torch.addcmul(torch.addcmul(self.hidden.bias, logits.unsqueeze(-1), weight[:, 0]), points.unsqueeze(-1), weight[:, 1])
+        value = nn.functional.leaky_relu(pre, 0.3) @ out_weight
+        gain = torch.where(pre > 0, 1.0, 0.3)
+        slope = gain @ (out_weight * weight[:, 1])
+        return value.sum(-1) + points.shape[-1] * self.output.bias[0], slope
 
 
 class RELAX(REBAR):
@@ -272,5 +284,5 @@ class RELAX(REBAR):
         self.hidden_size = check_count("hidden_size", hidden_size, 1)
         self.network = UnitResidual(hidden_size)
 
-    def residual(self, logits: Tensor, points: Tensor) -> Tensor:
+    def residual(self, logits: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
         return self.network(logits, points)
