@@ -5,9 +5,10 @@ batch 100, Adam; f(b) = log p(x | b) + log p(b) - log q(b | x) with q's
 logits detached. Estimators are compared at equal evaluations of f (K samples,
 K/2 pairs, or K/3 samples for REBAR and RELAX, which evaluate f at two relaxed
 points per sample); an estimator that cannot run at a cost (DisARM at an odd
-one, REBAR at one that is not a multiple of 3) is left out there. Steps are timed in interleaved rounds (every estimator once
-per round) and the median per estimator is reported, with its ratio to RLOO
-at the same number of evaluations, all from this one run.
+one, REBAR at one that is not a multiple of 3) is left out there. Steps are
+timed in interleaved rounds (every estimator once per round) and the median
+per estimator is reported, with its ratio to RLOO at the same number of
+evaluations, all from this one run.
 
     python benchmarks/estimators.py [--evaluations 2 3 6] [--rounds 15] [--device cpu]
 """

@@ -126,7 +126,8 @@ def main(argv=None):
     parser.add_argument("--evaluations", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--learn-steps", type=int, default=1000)
     parser.add_argument("--learn-lr", type=float, default=0.1, help="Adam rate of learned scalars")
-    parser.add_argument("--network-lr", type=float, default=None, help="Adam rate of control networks (default: --learn-lr)")
+    parser.add_argument("--network-lr", type=float, default=None,
+                        help="Adam rate of control networks (default: --learn-lr)")
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--draws", type=int, default=4000)

@@ -106,7 +106,9 @@ class REBAR(Estimator):
     """REBAR (Tucker et al. 2017): REINFORCE with the concrete-relaxation control `eta f(sigmoid(z / lambda))`."""
 
     supports_chains = True
-    compile_refusal = "it differentiates f inside the forward pass (torch.autograd.grad), which torch.compile does not trace"
+    compile_refusal = (
+        "it differentiates f twice inside the forward pass (torch.autograd.grad), which torch.compile does not trace"
+    )
 
     def __init__(self, n_samples: int = 1, temperature: float = 0.5, control_lr: float = 1e-3):
         """REBAR with learned temperature and scale; 3 evaluations of f per sample.
@@ -155,7 +157,8 @@ class REBAR(Estimator):
             temperature = log_temperature.exp()
             points, slopes = [], []  # per layer: (z; z~) [2K, B, D_l], d z~ / d phi [K, B, D_l]
             for phi, b in zip(fixed, hard.samples):
-                z, slope = conditional_logistic(torch.cat([phi, phi]), torch.cat([b, b]), uniform((2 * n, *b.shape[1:]), b.device, bits=16))
+                noise = uniform((2 * n, *b.shape[1:]), b.device, bits=16)
+                z, slope = conditional_logistic(torch.cat([phi, phi]), torch.cat([b, b]), noise)
                 points.append(z.requires_grad_(torch.is_grad_enabled()))
                 slopes.append(slope[n:])
         blocks = [self._relaxed_block(l, hard, fixed, layers, points[l], temperature) for l in range(n_layers)]
@@ -170,7 +173,9 @@ class REBAR(Estimator):
             relaxed = values[n:].float().view(n_layers, 2 * n, batch_size)
             f_slopes = self._f_slopes(relaxed, points, learn)
             estimates = [
-                self.layer_estimate(out_values, relaxed[l], f_slopes[l], points[l], hard.samples[l], fixed[l], slopes[l], learn)
+                self.layer_estimate(
+                    out_values, relaxed[l], f_slopes[l], points[l], hard.samples[l], fixed[l], slopes[l], learn
+                )
                 for l in range(n_layers)
             ]
             loss = surrogate_loss(hard_values, hard.logits, [g.detach() / n for g in estimates], batch_size)
@@ -192,13 +197,14 @@ class REBAR(Estimator):
 
         f_values: `[K, B]` values of `f(b)`; relaxed_values: `[2K, B]` values of `f` at
         `sigmoid(z / lambda)` then at `sigmoid(z~ / lambda)`; f_slopes: `[2K, B, D]` their
-        derivatives w.r.t. `points` (`z` then `z~`, `[2K, B, D]`, requiring grad for RELAX's network);
-        samples, logits (detached): `[K, B, D]`; tilde_slopes: `[K, B, D]` `d z~ / d phi`.
+        derivatives w.r.t. `points` (`z` then `z~`, `[2K, B, D]`); samples, logits (detached):
+        `[K, B, D]`; tilde_slopes: `[K, B, D]` `d z~ / d phi`.
         """
         n = samples.shape[0]
         eta = self.eta if learn else self.eta.detach()
         control, slope = relaxed_values, f_slopes
-        residual = self.residual(torch.cat([logits, logits]), points)
+        with torch.set_grad_enabled(learn):  # the network's graph only where it learns
+            residual = self.residual(torch.cat([logits, logits]), points)
         if residual is not None:
             control, slope = control + residual[0], slope + residual[1]
         score = samples - torch.sigmoid(logits)
@@ -257,7 +263,8 @@ class UnitResidual(nn.Module):
         formed elementwise (`[N, B, D, hidden]`), cheaper than a matrix product with two inputs.
         """
         weight, out_weight = self.hidden.weight, self.output.weight[0]
-        pre = torch.addcmul(torch.addcmul(self.hidden.bias, logits.unsqueeze(-1), weight[:, 0]), points.unsqueeze(-1), weight[:, 1])
+        pre = torch.addcmul(self.hidden.bias, logits.unsqueeze(-1), weight[:, 0])
+        pre = torch.addcmul(pre, points.unsqueeze(-1), weight[:, 1])
         value = nn.functional.leaky_relu(pre, 0.3) @ out_weight
         gain = torch.where(pre > 0, 1.0, 0.3)
         slope = gain @ (out_weight * weight[:, 1])
@@ -265,7 +272,8 @@ class UnitResidual(nn.Module):
 
 
 class RELAX(REBAR):
-    """RELAX (Grathwohl et al. 2018): REBAR's control plus a learned network, `eta [f(sigmoid(z / lambda)) + r(phi, z)]`."""
+    """RELAX (Grathwohl et al. 2018): REBAR's control plus a learned network,
+    `eta [f(sigmoid(z / lambda)) + r(phi, z)]`."""
 
     def __init__(self, n_samples: int = 1, temperature: float = 0.5, control_lr: float = 1e-3, hidden_size: int = 137):
         """RELAX with learned temperature, scale and surrogate network; 3 evaluations of f per sample.
