@@ -147,7 +147,7 @@ def main(argv=None):
     network_lr = args.learn_lr if args.network_lr is None else args.network_lr
     print(f"problem={args.problem} draws={args.draws} learn: {args.learn_steps} Adam steps at lr {args.learn_lr}"
           f" (networks: {network_lr})")
-    print(f"{'estimator':<14}{'f evals':>8}{'variance':>14}{'vs RLOO':>9}  learned")
+    print(f"{'estimator':<14}{'f evals':>8}{'variance':>14}{'vs RLOO':>11}  learned")
     for k in args.evaluations:
         estimators = basket(k, args.rodeo_expansions, args.relax_hidden)
         rloo = None
@@ -161,7 +161,7 @@ def main(argv=None):
             rloo = variance if name == "RLOO" else rloo
             state = {n: round(v.item(), 4) for n, v in estimator.logged_state().items()}
             print(
-                f"{name:<14}{k:>8}{variance:>14.4e}{variance / rloo:>8.3f}x  {state or ''}"
+                f"{name:<14}{k:>8}{variance:>14.4e}{variance / rloo:>10.4g}x  {state or ''}"
                 f" ({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
