@@ -32,7 +32,7 @@ from torch import nn
 from discrete_vi.bernoulli import draw_bernoulli, uniform
 from discrete_vi.checks import ConfigurationError
 from discrete_vi.cli import run_cli
-from discrete_vi.estimators import REBAR, RELAX, estimators_at, relax
+from discrete_vi.estimators import REBAR, RELAX, Reinforce, estimators_at, relax
 from discrete_vi.estimators.relax import conditional_logistic
 
 
@@ -152,6 +152,21 @@ def test_the_estimate_follows_the_definition_and_the_model_learns_from_hard_samp
     torch.testing.assert_close(-logits.shape[0] * grads["logits"], expected, rtol=1e-4, atol=1e-5)
     assert all(p.grad is not None for p in estimator.parameters())
     check_the_model_learns_from_hard_samples_only(lambda: moved(lambda: make(n_samples), seed=n_samples))
+
+
+@pytest.mark.parametrize("make", BOTH, ids=BOTH_IDS)
+def test_with_eta_zero_the_estimate_is_reinforce_on_the_same_samples(make):
+    f = decoder_objective()[1]
+    logits = torch.randn(5, 4)
+    grads = []
+    for estimator in (Reinforce(2), make(2)):
+        with torch.no_grad():
+            getattr(estimator, "eta", torch.zeros(())).zero_()
+        torch.manual_seed(3)
+        leaf = logits.clone().requires_grad_(True)
+        estimator(leaf, f).loss.backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 class LeakingREBAR(REBAR):
