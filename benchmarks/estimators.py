@@ -9,7 +9,7 @@ rows. Steps are timed in interleaved rounds (every estimator once per round)
 and the median per estimator is reported, with its ratio to RLOO at the same
 number of evaluations, all from this one run.
 
-    python benchmarks/estimators.py [--evaluations 2 4] [--rounds 15] [--device cpu]
+    python benchmarks/estimators.py [--evaluations 2 3 6] [--rounds 15] [--device cpu]
 """
 
 from __future__ import annotations
@@ -61,10 +61,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def benchmark(evaluations: list[int], rounds: int, steps_per_round: int, device: torch.device, batch: int = 100):
+def benchmark(evaluations: list[int], rounds: int, steps_per_round: int, device: torch.device, batch: int = 100,
+              only: list[str] | None = None):
     torch.manual_seed(0)
     x = torch.bernoulli(torch.full((batch, 784), 0.13, device=device))
-    runners = {(k, name): StepRunner(est, x) for k in evaluations for name, est in estimators_at(k).items()}
+    runners = {(k, name): StepRunner(est, x) for k in evaluations for name, est in estimators_at(k).items()
+               if only is None or name in only or name == "RLOO"}
     times = {key: [] for key in runners}
     for runner in runners.values():  # warm-up
         for _ in range(3):
@@ -82,7 +84,9 @@ def benchmark(evaluations: list[int], rounds: int, steps_per_round: int, device:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--evaluations", type=int, nargs="+", default=[2, 4], help="evaluations of f per example")
+    parser.add_argument("--evaluations", type=int, nargs="+", default=[2, 4],
+                        help="evaluations of f per example and step (>= 2; RLOO is the reference at each)")
+    parser.add_argument("--only", nargs="*", default=None, help="estimator labels to time besides RLOO (default: all)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps-per-round", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -90,7 +94,7 @@ def main(argv=None):
     if any(k < 1 for k in args.evaluations):
         parser.error("--evaluations must be >= 1")
     device = torch.device(args.device)
-    medians = benchmark(args.evaluations, args.rounds, args.steps_per_round, device)
+    medians = benchmark(args.evaluations, args.rounds, args.steps_per_round, device, only=args.only)
     print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} batch=100 latent=200")
     print(f"{'estimator':<16}{'f evals':>8}{'ms/step':>10}{'vs RLOO':>9}")
     for (k, name), ms in medians.items():

@@ -20,7 +20,7 @@ double CV, RODEO, ARMS), K/2 antithetic pairs (DisARM), K - 1 samples and the
 mean-field point (MuProp); those that cannot run at a cost (DisARM at an odd one,
 RLOO and MuProp at one) are left out of its rows.
 
-    python benchmarks/variance.py --problem toy --evaluations 2 4
+    python benchmarks/variance.py --problem toy --evaluations 2 3 4 6
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from discrete_vi.diagnostics import logit_estimates
 from discrete_vi.estimators import RLOO, RODEO, estimators_at
 from discrete_vi.toy import quadratic_problem, train_toy
 
-ROWS = ["RLOO", "Reinforce", "Reinforce+EMA", "NVIL", "MuProp", "RLOODoubleCV", "RODEO", "ARMS", "DisARM"]
+ROWS = ["RLOO", "Reinforce", "Reinforce+EMA", "NVIL", "MuProp", "RLOODoubleCV", "RODEO", "REBAR", "RELAX", "ARMS", "DisARM"]
 """The estimators measured, in the order printed (RLOO first: the others' ratios are to it)."""
 
 

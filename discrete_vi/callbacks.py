@@ -19,7 +19,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from discrete_vi.checks import ConfigurationError, check_choice, check_count, check_positive
 from discrete_vi.console import say
 from discrete_vi.diagnostics import encoder_gradient_variance, logit_gradient_variance
-from discrete_vi.estimators import estimators_at
+from discrete_vi.estimators import estimator_labels, estimators_at
 from discrete_vi.scalars import completes_optimizer_step, write_scalars
 
 
@@ -96,15 +96,16 @@ class EstimatorVarianceBasket(pl.Callback):
     per example as the model's own estimator. This compares estimators without the confound
     of different training trajectories (the DisARM paper's protocol).
 
-    Labels are those of `discrete_vi.estimators.estimators_at` (e.g. RLOO, RLOODoubleCV,
-    ARM, DisARM, Reinforce, Reinforce+EMA). The basket entry of the model's own estimator
-    class is the model's estimator itself (its learned state as trained). Any other entry
-    with learned state (the double-CV alpha, a moving-average baseline) is a copy of its own
-    that learns it at the current parameters before each measurement: `adapt_steps` updates
-    on the current batch before the first (Adam at the estimator's rate times `adapt_lr_scale`
-    for its parameters), `readapt_steps` before each later one, continuing from the previous
-    measurement's state (which follows the slowly moving model: about a fifth of the first
-    adaptation's cost, the largest part of the basket's).
+    Labels are those of `discrete_vi.estimators.estimator_labels` (e.g. RLOO, RLOODoubleCV,
+    ARM, DisARM, REBAR, Reinforce, Reinforce+EMA); one that cannot run at the model's cost
+    (DisARM at an odd one, REBAR at one that is not a multiple of 3) is left out with a note.
+    The basket entry of the model's own estimator class is the model's estimator itself (its
+    learned state as trained). Any other entry with learned state (the double-CV alpha, a
+    moving-average baseline) is a copy of its own that learns it at the current parameters
+    before each measurement: `adapt_steps` updates on the current batch before the first (Adam
+    at the estimator's rate times `adapt_lr_scale` for its parameters), `readapt_steps` before
+    each later one, continuing from the previous measurement's state (which follows the slowly
+    moving model: about a fifth of the first adaptation's cost, the largest part of the basket's).
 
     Args:
         estimators: labels of the basket.
@@ -124,7 +125,7 @@ class EstimatorVarianceBasket(pl.Callback):
         readapt_steps: int | None = None,
         adapt_lr_scale: float = 10.0,
     ):
-        available = list(estimators_at(2))
+        available = list(estimator_labels())
         unknown = [name for name in estimators if name not in available]
         if unknown or not estimators:
             raise ConfigurationError(
@@ -142,13 +143,11 @@ class EstimatorVarianceBasket(pl.Callback):
     def _build(self, pl_module) -> dict:
         own = pl_module.estimator
         made = estimators_at(own.n_evaluations)
-        unfit = [label for label in self.labels if label not in made]
-        if unfit:
-            raise ConfigurationError(
-                f"basket estimator(s) {unfit} cannot run at the model's {own.n_evaluations} evaluations of f per example"
-            )
         basket = {}
         for label in self.labels:
+            if label not in made:
+                say(f"variance basket: {label} cannot run at {own.n_evaluations} evaluations of f (the model's estimator's cost); left out")
+                continue
             candidate = made[label]
             same = type(candidate) is type(own) and candidate.config() == own.config()
             basket[label] = own if same else candidate.to(pl_module.device)

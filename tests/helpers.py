@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.checks import ConfigurationError
-from discrete_vi.estimators import ESTIMATORS, VARIANTS, Estimator
+from discrete_vi.estimators import ESTIMATORS, Estimator, estimator_labels
 
 # --- statistics ---------------------------------------------------------------------------
 
@@ -74,9 +74,11 @@ logit's gradient (1.7e-5 of 2.3e-3, by enumeration), while 20,000 replicas give 
 holds ~20 of them and the standard error includes their spread (measured z <= 2.6 at K = 1, 2, 5).
 The chain problem has no such outcome (measured z <= 3.1 at 20,000 and 400,000 replicas)."""
 
-SAMPLES_DRAWN: dict[str, Callable[[Estimator], int]] = {"MuProp": lambda estimator: estimator.n_samples}
+SAMPLES_DRAWN: dict[str, Callable[[Estimator], int]] = {
+    name: (lambda estimator: estimator.n_samples) for name in ("MuProp", "REBAR", "RELAX")}
 """Samples of q per example in one call, where not every evaluation of f is one (MuProp also
-evaluates f at the mean-field point, which is no sample: its value is not in `out.f_values`)."""
+evaluates f at the mean-field point, REBAR and RELAX at two relaxed points per sample: their
+values are not in `out.f_values`)."""
 
 
 def drawn_samples(estimator: Estimator) -> int:
@@ -118,9 +120,8 @@ class EstimatorCase:
 
 def registry_cases() -> list[EstimatorCase]:
     """Every registered estimator and variant at every cost of `COSTS` it accepts."""
-    labels = {name: (name, {}) for name in ESTIMATORS} | VARIANTS
     cases = []
-    for label, (name, options) in labels.items():
+    for label, (name, options) in estimator_labels().items():
         for cost in COSTS:
             try:
                 ESTIMATORS[name].at_cost(cost, **options)
@@ -138,6 +139,8 @@ CHAIN_CASES = [case for case in UNBIASED_CASES if case.cls.supports_chains]
 ONE_PER_ESTIMATOR = list({case.id.rsplit("-", 1)[0]: case for case in reversed(ESTIMATOR_CASES) if case.cost >= 2}.values())[::-1]
 
 
+# Estimators that evaluate f at relaxed points besides their samples: evaluations of f per sample.
+# Their `f_values` and `samples` hold the samples only (what the loss averages).
 def case_ids(cases: list[EstimatorCase]) -> list[str]:
     return [case.id for case in cases]
 

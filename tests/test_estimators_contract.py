@@ -4,7 +4,9 @@ import pytest
 import torch
 from helpers import ESTIMATOR_CASES, case_ids, decoder_objective, drawn_samples
 
+from discrete_vi.bernoulli import draw_bernoulli, uniform
 from discrete_vi.estimators import ARM, RLOO, DisARM, Estimator, Reinforce, RLOODoubleCV
+from discrete_vi.estimators.relax import conditional_logistic
 from discrete_vi.estimators.double_cv import double_cv_terms
 from discrete_vi.estimators.muprop import muprop_terms
 from discrete_vi.exact import MAX_BITS, exact_objective
@@ -12,7 +14,7 @@ from discrete_vi.exact import MAX_BITS, exact_objective
 CASES = [case for case in ESTIMATOR_CASES if case.cost in (2, 3)]
 """Every registered estimator (and variant) at 2 and 3 evaluations of f where it accepts them."""
 # Estimators whose estimate uses d f / d b from the backward pass (the rest weight f values only).
-USES_F_GRADIENT = {"RLOODoubleCV", "RODEO", "StraightThrough", "GumbelSoftmaxST", "MuProp"}
+USES_F_GRADIENT = {"RLOODoubleCV", "RODEO", "StraightThrough", "GumbelSoftmaxST", "MuProp", "REBAR", "RELAX"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
@@ -216,6 +218,25 @@ def test_autocast_keeps_estimator_arithmetic_in_float32(case):
         expected = muprop_terms(out16.f_values, values[-1:].detach().float(), out16.samples[0], theta, theta,
                                 slope.float()).sum(0)
         torch.testing.assert_close(g16, expected)
+    elif case.name in ("REBAR", "RELAX"):
+        # d f / d s at the relaxed points from bf16 autograd, the rest in float32: the estimator's
+        # own formula on this run's draws (replayed: b's uniforms, then those of z and z~).
+        estimator = make()
+        k = out16.samples[0].shape[0]
+        torch.manual_seed(11)
+        b, _ = draw_bernoulli(logits.expand(k, -1, -1))
+        phi = logits.expand(k, -1, -1)
+        points, tilde_slopes = conditional_logistic(torch.cat([phi, phi]), torch.cat([b, b]),
+                                                    uniform((2 * k, *logits.shape), bits=16))
+        points.requires_grad_(True)
+        relaxed = torch.sigmoid(points / estimator.log_temperature.detach().exp())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            values = f(torch.cat([b, relaxed])).float()
+        (f_slopes,) = torch.autograd.grad(values[k:].sum(), points)
+        expected = estimator.layer_estimate(values[:k].detach(), values[k:].detach(), f_slopes, points, b, phi,
+                                            tilde_slopes[k:], learn=False).mean(0)
+        torch.testing.assert_close(out16.f_values, values[:k].detach())
+        torch.testing.assert_close(g16, expected.detach())
     else:
         # Double CV and RODEO also use d f / d b from the bf16 backward pass: check the estimate
         # against the float32 formula applied to this run's own f values and gradients.
@@ -247,4 +268,4 @@ def test_single_layer_estimators_accept_a_one_layer_chain():
     for estimator in (RLOODoubleCV(3), RLOO(3), DisARM(1)):
         torch.manual_seed(0)
         out = estimator.chain(logits, [], lambda samples, _logits: f(samples[0]))
-        assert isinstance(out.samples, list) and out.samples[0].shape == (estimator.n_evaluations, 5, 4)
+        assert isinstance(out.samples, list) and out.samples[0].shape == (drawn_samples(estimator), 5, 4)

@@ -17,6 +17,7 @@ from discrete_vi.estimators.double_cv import RLOODoubleCV
 from discrete_vi.estimators.muprop import MuProp
 from discrete_vi.estimators.nvil import NVIL
 from discrete_vi.estimators.reinforce import RLOO, Reinforce
+from discrete_vi.estimators.relax import RELAX, REBAR
 from discrete_vi.estimators.rodeo import RODEO
 from discrete_vi.estimators.straight_through import GumbelSoftmaxST, StraightThrough
 
@@ -30,6 +31,8 @@ ESTIMATORS: dict[str, type[Estimator]] = {
     "RODEO": RODEO,
     "NVIL": NVIL,
     "MuProp": MuProp,
+    "REBAR": REBAR,
+    "RELAX": RELAX,
     "StraightThrough": StraightThrough,
     "GumbelSoftmaxST": GumbelSoftmaxST,
 }
@@ -39,14 +42,17 @@ VARIANTS: dict[str, tuple[str, dict]] = {"Reinforce+EMA": ("Reinforce", {"baseli
 """Settings worth comparing on their own (label -> estimator name, options)."""
 
 
+def estimator_labels() -> dict[str, tuple[str, dict]]:
+    """Every estimator and variant: label -> (estimator name, options)."""
+    return {name: (name, {}) for name in ESTIMATORS} | VARIANTS
+
+
 def estimators_at(n_evaluations: int) -> dict[str, Estimator]:
-    """A fresh instance of every estimator (and variant) evaluating `f` `n_evaluations` times
-    per example, by label: for comparisons at equal cost. Those that cannot run at that cost
-    (antithetic pairs at an odd one, RLOO or MuProp at one) are left out."""
-    labels = {name: (name, {}) for name in ESTIMATORS}
-    labels.update(VARIANTS)
+    """A fresh instance of every estimator (and variant) that evaluates `f` `n_evaluations` times per
+    example, by label, for comparisons at equal cost; those that cannot are left out (ARM and
+    DisARM at an odd cost, REBAR and RELAX at one that is not a multiple of 3, RLOO at 1)."""
     made = {}
-    for label, (name, options) in labels.items():
+    for label, (name, options) in estimator_labels().items():
         try:
             made[label] = ESTIMATORS[name].at_cost(n_evaluations, **options)
         except ConfigurationError:
@@ -54,4 +60,4 @@ def estimators_at(n_evaluations: int) -> dict[str, Estimator]:
     return made
 
 
-__all__ = ["ESTIMATORS", "VARIANTS", "Estimator", "EstimatorOutput", "estimators_at", *ESTIMATORS]
+__all__ = ["ESTIMATORS", "VARIANTS", "Estimator", "EstimatorOutput", "estimator_labels", "estimators_at", *ESTIMATORS]
