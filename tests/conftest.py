@@ -1,10 +1,22 @@
 """Fixtures shared by the test modules (what they are built from: helpers.py)."""
 
+import functools
+
 import pytest
 import torch
-from helpers import CHAIN_LOGITS, LOGITS, chain_model, chain_params, single_layer_f, single_layer_params
+from helpers import (
+    CHAIN_LOGITS,
+    LOGITS,
+    MULTI_SAMPLE_LOGITS,
+    chain_model,
+    chain_params,
+    multi_sample_f,
+    multi_sample_params,
+    single_layer_f,
+    single_layer_params,
+)
 
-from discrete_vi.exact import exact_chain_objective, exact_objective
+from discrete_vi.exact import exact_chain_bound, exact_chain_objective, exact_objective
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +38,37 @@ def exact_chain() -> dict[str, torch.Tensor]:
     objective = exact_chain_objective(logits, layers, f).sum()
     names = ["logits", *(n for n, _ in params.named_parameters())]
     return dict(zip(names, torch.autograd.grad(objective, [logits, *params.parameters()])))
+
+
+@functools.lru_cache(maxsize=None)
+def exact_multi_sample_gradients(n_samples: int) -> dict[str, torch.Tensor]:
+    """Exact gradients of the K-sample bound of the multi-sample problem (K = `n_samples`)."""
+    logits = MULTI_SAMPLE_LOGITS.clone().requires_grad_(True)
+    params = multi_sample_params(1)
+    objective = exact_chain_bound(logits, [], multi_sample_f(params), n_samples).sum()
+    grads = torch.autograd.grad(objective, [logits, *params.parameters()])
+    return dict(zip(["logits", "w", "v", "c"], grads))
+
+
+@functools.lru_cache(maxsize=None)
+def exact_chain_bound_gradients(n_samples: int) -> dict[str, torch.Tensor]:
+    """Exact gradients of the K-sample bound of the two-layer chain (K = `n_samples` chains)."""
+    logits = CHAIN_LOGITS.clone().requires_grad_(True)
+    params = chain_params(1)
+    layers, f = chain_model(params)
+    objective = exact_chain_bound(logits, layers, f, n_samples).sum()
+    names = ["logits", *(n for n, _ in params.named_parameters())]
+    return dict(zip(names, torch.autograd.grad(objective, [logits, *params.parameters()])))
+
+
+@pytest.fixture(scope="session")
+def exact_for(exact_single, exact_chain):
+    """The exact gradients a case's estimates are compared with: `exact_for(case, chain=False)`,
+    by the case's training objective (and K for the K-sample bound)."""
+
+    def exact(case, chain: bool = False) -> dict[str, torch.Tensor]:
+        if case.objective == "elbo":
+            return exact_chain if chain else exact_single
+        return (exact_chain_bound_gradients if chain else exact_multi_sample_gradients)(case.bound_samples)
+
+    return exact

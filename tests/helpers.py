@@ -2,10 +2,11 @@
 
 - the statistics of the unbiasedness checks (`max_z`);
 - the table of estimator cases, generated from the registry (`ESTIMATOR_CASES`): every
-  registered estimator (and variant) at several costs, its learned state moved away from its
-  initial values, so a new estimator is checked for the contract, unbiasedness, chains,
+  registered estimator (and variant) at several costs, with the training objective it estimates
+  (the ELBO or the K-sample bound), its learned state moved away from its initial values, so a
+  new estimator is checked for the contract, unbiasedness against its objective's oracle, chains,
   command-line training and compilation without editing any list;
-- the enumeration problems (`estimated_single_layer`, `estimated_chain`);
+- the enumeration problems (`estimated_single_layer`, `estimated_multi_sample`, `estimated_chain`);
 - the command line's small run (`TINY`, `SMALL_EVAL`) and TensorBoard readers.
 """
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.checks import ConfigurationError
 from discrete_vi.estimators import ESTIMATORS, VARIANTS, Estimator
+from discrete_vi.exact import MAX_BITS
 
 # --- statistics ---------------------------------------------------------------------------
 
@@ -79,6 +81,16 @@ class EstimatorCase:
     def cls(self) -> type[Estimator]:
         return ESTIMATORS[self.name]
 
+    @property
+    def objective(self) -> str:
+        """The training objective the estimator estimates the gradient of ("elbo", "multi_sample")."""
+        return self.cls.training_objective
+
+    @property
+    def bound_samples(self) -> int:
+        """K of the K-sample bound it trains (1 for the ELBO): the exact oracle enumerates K-tuples."""
+        return 1 if self.objective == "elbo" else self.build().n_samples
+
 
 def registry_cases() -> list[EstimatorCase]:
     """Every registered estimator and variant at every cost of `COSTS` it accepts."""
@@ -97,7 +109,10 @@ def registry_cases() -> list[EstimatorCase]:
 
 ESTIMATOR_CASES = registry_cases()
 UNBIASED_CASES = [case for case in ESTIMATOR_CASES if not case.cls.biased]
-CHAIN_CASES = [case for case in UNBIASED_CASES if case.cls.supports_chains]
+CHAIN_BITS = 6
+"""Latent bits of the two-layer chain problem (3 + 3): K-tuples of chains enumerate up to K = 3."""
+CHAIN_CASES = [case for case in UNBIASED_CASES
+               if case.cls.supports_chains and case.bound_samples * CHAIN_BITS <= MAX_BITS]
 # One case per registered estimator and variant, at the smallest cost it accepts from 2 up.
 ONE_PER_ESTIMATOR = list({case.id.rsplit("-", 1)[0]: case for case in reversed(ESTIMATOR_CASES) if case.cost >= 2}.values())[::-1]
 
@@ -155,6 +170,47 @@ def estimated_single_layer(estimator: Estimator, chunks: int = 1) -> dict[str, T
         grads = {"logits": logits.grad, **{n: p.grad for n, p in params.named_parameters()}}
         parts.append({name: (-logits.shape[0] * g).view(replicas, 3, *g.shape[1:]) for name, g in grads.items()})
     return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+# The K-sample bound's problem: three units (K-tuples enumerate up to K = 6) and an f with a
+# -log q term in the logits it is given (a log importance weight), whose direct derivative is
+# part of the bound's gradient.
+MULTI_SAMPLE_LOGITS = CHAIN_LOGITS
+
+
+def multi_sample_params(replicas: int) -> PerExampleParams:
+    g = torch.Generator().manual_seed(3)
+    base = {"w": torch.randn(3, 3, generator=g), "v": torch.randn(3, 3, generator=g), "c": torch.randn(3, generator=g)}
+    return PerExampleParams(base, replicas)
+
+
+def multi_sample_f(p: PerExampleParams):
+    """f(samples, logits) = (b.w + c)^2 - 2 softplus(b.v) - log q(b | logits): [K, M, D] -> [K, M]."""
+
+    def f(samples, logits):
+        b = samples[0]
+        return ((b * p.w).sum(-1) + p.c) ** 2 - 2 * nn.functional.softplus((b * p.v).sum(-1)) - bernoulli_log_prob(b, logits[0])
+
+    return f
+
+
+def estimated_multi_sample(estimator: Estimator, chunks: int = 1) -> dict[str, Tensor]:
+    """Per-replica estimates [N, 3, ...] of the K-sample bound's gradients w.r.t. the logits and
+    f's parameters (`estimated_single_layer` for the multi-sample problem, through `chain`)."""
+    replicas = N_REPLICAS // chunks
+    parts = []
+    for _ in range(chunks):
+        logits = MULTI_SAMPLE_LOGITS.repeat(replicas, 1).requires_grad_(True)
+        params = multi_sample_params(replicas)
+        estimator.chain(logits, [], multi_sample_f(params)).loss.backward()
+        grads = {"logits": logits.grad, **{n: p.grad for n, p in params.named_parameters()}}
+        parts.append({name: (-logits.shape[0] * g).view(replicas, 3, *g.shape[1:]) for name, g in grads.items()})
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+def estimated(case: EstimatorCase, estimator: Estimator, chunks: int = 1) -> dict[str, Tensor]:
+    """The single-layer estimates of the problem of the case's training objective."""
+    return (estimated_single_layer if case.objective == "elbo" else estimated_multi_sample)(estimator, chunks)
 
 
 def chain_params(replicas: int) -> PerExampleParams:
@@ -228,8 +284,10 @@ SMALL_EVAL = ["--model.val_samples", "5", "--model.test_samples", "20", "--model
 
 
 def estimator_args(case: EstimatorCase) -> list[str]:
-    """The command-line options that select a case's estimator."""
-    args = ["--model.estimator", case.name]
+    """The command-line options that select a case's estimator (and the model's training
+    objective, where the estimator's is not the default ELBO)."""
+    args = [] if case.objective == "elbo" else ["--model.training_objective", case.objective]
+    args += ["--model.estimator", case.name]
     for key, value in case.build().config()["init_args"].items():
         args += [f"--model.estimator.{key}", str(value)]
     return args

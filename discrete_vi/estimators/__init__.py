@@ -5,14 +5,16 @@
     out = est(logits, f)   # logits [B, D]; f: samples [K, B, D] -> [K, B]
     out.loss.backward()
 
-`ESTIMATORS` lists every estimator by its command-line name. See
-`base.Estimator` for the contract and `docs/estimators.md` for the math.
+`ESTIMATORS` lists every estimator by its command-line name; each estimates the gradient of
+one training objective (`Estimator.training_objective`): the ELBO, or the K-sample bound
+(VIMCO, LocalDisARM). See `base.Estimator` for the contract and `docs/estimators.md` for the math.
 """
 
 from discrete_vi.estimators.arm import ARM, DisARM
 from discrete_vi.estimators.arms import ARMS
-from discrete_vi.estimators.base import Estimator, EstimatorOutput
+from discrete_vi.estimators.base import Estimator, EstimatorOutput, TrainingObjective
 from discrete_vi.estimators.double_cv import RLOODoubleCV
+from discrete_vi.estimators.multi_sample import VIMCO, LocalDisARM
 from discrete_vi.estimators.reinforce import RLOO, Reinforce
 from discrete_vi.estimators.rodeo import RODEO
 from discrete_vi.estimators.straight_through import GumbelSoftmaxST, StraightThrough
@@ -27,6 +29,8 @@ ESTIMATORS: dict[str, type[Estimator]] = {
     "RODEO": RODEO,
     "StraightThrough": StraightThrough,
     "GumbelSoftmaxST": GumbelSoftmaxST,
+    "VIMCO": VIMCO,
+    "LocalDisARM": LocalDisARM,
 }
 """Every estimator shipped with the package, by the name `--model.estimator` takes."""
 
@@ -34,12 +38,20 @@ VARIANTS: dict[str, tuple[str, dict]] = {"Reinforce+EMA": ("Reinforce", {"baseli
 """Settings worth comparing on their own (label -> estimator name, options)."""
 
 
-def estimators_at(n_evaluations: int) -> dict[str, Estimator]:
+def estimators_at(n_evaluations: int, training_objective: TrainingObjective | None = None) -> dict[str, Estimator]:
     """A fresh instance of every estimator (and variant) evaluating `f` `n_evaluations` times
-    per example (an even number, for the antithetic pairs), by label: for comparisons at equal cost."""
+    per example (an even number, for the antithetic pairs), by label: for comparisons at equal cost.
+    With `training_objective`, only the estimators of that objective."""
     labels = {name: (name, {}) for name in ESTIMATORS}
     labels.update(VARIANTS)
-    return {label: ESTIMATORS[name].at_cost(n_evaluations, **options) for label, (name, options) in labels.items()}
+    return {label: ESTIMATORS[name].at_cost(n_evaluations, **options) for label, (name, options) in labels.items()
+            if training_objective in (None, ESTIMATORS[name].training_objective)}
 
 
-__all__ = ["ESTIMATORS", "VARIANTS", "Estimator", "EstimatorOutput", "estimators_at", *ESTIMATORS]
+def estimator_names(training_objective: TrainingObjective) -> list[str]:
+    """The registered estimators of one training objective, by name."""
+    return [name for name, cls in ESTIMATORS.items() if cls.training_objective == training_objective]
+
+
+__all__ = ["ESTIMATORS", "VARIANTS", "Estimator", "EstimatorOutput", "TrainingObjective", "estimator_names",
+           "estimators_at", *ESTIMATORS]
