@@ -44,7 +44,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter, ProgressBar, TQDMP
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from discrete_vi.callbacks import PredictionWriter
+from discrete_vi.callbacks import EstimatorVarianceBasket, PredictionWriter
 from discrete_vi.checkpoints import AtomicCheckpointIO, RunCheckpoint, check_checkpoint_fits, plan_run
 from discrete_vi.checks import UserError, check_input_size
 from discrete_vi.console import PROG, fail, say, user_errors_in_one_line
@@ -244,6 +244,9 @@ class DiscreteVICLI(LightningCLI):
             check_input_size(requested, self.datamodule.input_size, f"data.dataset={self.datamodule.dataset!r}")
         if self.plan is not None and self.plan.checkpoint is not None:
             check_checkpoint_fits(self.model, self.plan.checkpoint, f"checkpoint {self.plan.ckpt_path}")
+        for callback in self.trainer.callbacks:  # before the trainer writes anything
+            if isinstance(callback, EstimatorVarianceBasket):
+                callback.check_objective(self.model)
 
     def after_instantiate_classes(self) -> None:
         """Load the data before the trainer makes a log folder, so a data error leaves none."""
