@@ -100,10 +100,10 @@ class EstimatorVarianceBasket(pl.Callback):
 
     Labels are those of `discrete_vi.estimators.estimators_at` (e.g. RLOO, RLOODoubleCV,
     ARM, DisARM, Reinforce, Reinforce+EMA; VIMCO, LocalDisARM), all estimating the gradient of
-    the model's training objective (a basket with another is refused when training starts).
-    The default basket is RLOO, RLOODoubleCV, DisARM for the ELBO and VIMCO, LocalDisARM for
-    the multi-sample bound (at equal evaluations VIMCO trains a 2K-sample bound where
-    LocalDisARM trains a K-sample one, the DisARM paper's comparison). The basket entry of the model's own estimator
+    the model's training objective (a basket with another is refused before training). The
+    default basket is RLOO, RLOODoubleCV, DisARM for the ELBO and VIMCO, LocalDisARM for the
+    multi-sample bound (at equal evaluations VIMCO's bound has 2K samples where LocalDisARM's
+    has K, the DisARM paper's comparison). The basket entry of the model's own estimator
     class is the model's estimator itself (its learned state as trained). Any other entry
     with learned state (the double-CV alpha, a moving-average baseline) is a copy of its own
     that learns it at the current parameters before each measurement: `adapt_steps` updates

@@ -37,6 +37,7 @@ TrainingObjective = Literal["elbo", "multi_sample"]
 """What a model trains and an estimator estimates the gradient of: the ELBO `E_q[f(b)]`, or
 the K-sample bound `E[log 1/K sum_k exp f(b_k)]` (importance weighted, Burda et al. 2016)."""
 
+
 @dataclass
 class EstimatorOutput:
     """What an estimator call returns.
