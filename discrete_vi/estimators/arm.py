@@ -45,6 +45,13 @@ def disarm_weights(logits: Tensor, b: Tensor, b_tilde: Tensor) -> Tensor:
     return 0.5 * (b - b_tilde) * torch.sigmoid(logits.abs())
 
 
+def pairs_at_cost(cls: type, n_evaluations: int) -> int:
+    """Antithetic pairs at `n_evaluations` evaluations of f (2 per pair); ConfigurationError if odd."""
+    if n_evaluations % 2:
+        raise ConfigurationError(f"{cls.__name__} evaluates f twice per pair: n_evaluations must be even, got {n_evaluations}")
+    return n_evaluations // 2
+
+
 def _twice(tensors: list[Tensor]) -> list[Tensor]:
     """Each tensor repeated along dim 0: `[n, ...]` -> `[2n, ...]`."""
     return [torch.cat([t, t]) for t in tensors]
@@ -65,9 +72,7 @@ class AntitheticEstimator(Estimator):
 
     @classmethod
     def at_cost(cls, n_evaluations: int, **options) -> "AntitheticEstimator":
-        if n_evaluations % 2:
-            raise ConfigurationError(f"{cls.__name__} evaluates f twice per pair: n_evaluations must be even, got {n_evaluations}")
-        return cls(n_evaluations // 2, **options)
+        return cls(pairs_at_cost(cls, n_evaluations), **options)
 
     @abc.abstractmethod
     def pair_gradient(self, f_difference: Tensor, logits: Tensor, uniforms: Tensor, b: Tensor, b_tilde: Tensor) -> Tensor:

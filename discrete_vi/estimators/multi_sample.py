@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from discrete_vi.bernoulli import LogitsLayer, sample_chain
-from discrete_vi.checks import ConfigurationError, check_count
-from discrete_vi.estimators.arm import antithetic_partner, disarm_weights
+from discrete_vi.checks import check_count
+from discrete_vi.estimators.arm import antithetic_partner, disarm_weights, pairs_at_cost
 from discrete_vi.estimators.base import (
     ChainObjective,
     Estimator,
@@ -92,10 +92,7 @@ class LocalDisARM(Estimator):
 
     @classmethod
     def at_cost(cls, n_evaluations: int, **options) -> "LocalDisARM":
-        if n_evaluations % 2:
-            raise ConfigurationError(f"{cls.__name__} evaluates f twice per sample of the bound: n_evaluations must be "
-                                     f"even, got {n_evaluations}")
-        return cls(n_evaluations // 2, **options)
+        return cls(pairs_at_cost(cls, n_evaluations), **options)
 
     def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
         self.check_chain(logits, layers)
