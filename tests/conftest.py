@@ -1,22 +1,19 @@
 """Fixtures shared by the test modules (what they are built from: helpers.py)."""
 
-import functools
-
 import pytest
 import torch
 from helpers import (
     CHAIN_LOGITS,
     LOGITS,
-    MULTI_SAMPLE_LOGITS,
     chain_model,
     chain_params,
-    multi_sample_f,
-    multi_sample_params,
+    exact_chain_bound_gradients,
+    exact_multi_sample_gradients,
     single_layer_f,
     single_layer_params,
 )
 
-from discrete_vi.exact import exact_chain_bound, exact_chain_objective, exact_objective
+from discrete_vi.exact import exact_chain_objective, exact_objective
 
 
 @pytest.fixture(scope="session")
@@ -36,27 +33,6 @@ def exact_chain() -> dict[str, torch.Tensor]:
     params = chain_params(1)
     layers, f = chain_model(params)
     objective = exact_chain_objective(logits, layers, f).sum()
-    names = ["logits", *(n for n, _ in params.named_parameters())]
-    return dict(zip(names, torch.autograd.grad(objective, [logits, *params.parameters()])))
-
-
-@functools.lru_cache(maxsize=None)
-def exact_multi_sample_gradients(n_samples: int) -> dict[str, torch.Tensor]:
-    """Exact gradients of the K-sample bound of the multi-sample problem (K = `n_samples`)."""
-    logits = MULTI_SAMPLE_LOGITS.clone().requires_grad_(True)
-    params = multi_sample_params(1)
-    objective = exact_chain_bound(logits, [], multi_sample_f(params), n_samples).sum()
-    grads = torch.autograd.grad(objective, [logits, *params.parameters()])
-    return dict(zip(["logits", "w", "v", "c"], grads))
-
-
-@functools.lru_cache(maxsize=None)
-def exact_chain_bound_gradients(n_samples: int) -> dict[str, torch.Tensor]:
-    """Exact gradients of the K-sample bound of the two-layer chain (K = `n_samples` chains)."""
-    logits = CHAIN_LOGITS.clone().requires_grad_(True)
-    params = chain_params(1)
-    layers, f = chain_model(params)
-    objective = exact_chain_bound(logits, layers, f, n_samples).sum()
     names = ["logits", *(n for n, _ in params.named_parameters())]
     return dict(zip(names, torch.autograd.grad(objective, [logits, *params.parameters()])))
 

@@ -6,12 +6,14 @@
   (the ELBO or the K-sample bound), its learned state moved away from its initial values, so a
   new estimator is checked for the contract, unbiasedness against its objective's oracle, chains,
   command-line training and compilation without editing any list;
-- the enumeration problems (`estimated_single_layer`, `estimated_multi_sample`, `estimated_chain`);
+- the enumeration problems (`estimated_single_layer`, `estimated_multi_sample`, `estimated_chain`) and
+  the exact gradients of the K-sample bound (`exact_multi_sample_gradients`, `exact_chain_bound_gradients`);
 - the command line's small run (`TINY`, `SMALL_EVAL`) and TensorBoard readers.
 """
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.checks import ConfigurationError
 from discrete_vi.estimators import ESTIMATORS, VARIANTS, Estimator
-from discrete_vi.exact import MAX_BITS
+from discrete_vi.exact import MAX_BITS, exact_chain_bound
 
 # --- statistics ---------------------------------------------------------------------------
 
@@ -249,6 +251,27 @@ def estimated_chain(estimator: Estimator):
     out.loss.backward()
     grads = {"logits": logits.grad, **{n: p.grad for n, p in params.named_parameters()}}
     return out, {name: (-logits.shape[0] * g).view(N_REPLICAS, 3, *g.shape[1:]) for name, g in grads.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def exact_multi_sample_gradients(n_samples: int) -> dict[str, torch.Tensor]:
+    """Exact gradients of the K-sample bound of the multi-sample problem (K = `n_samples`)."""
+    logits = MULTI_SAMPLE_LOGITS.clone().requires_grad_(True)
+    params = multi_sample_params(1)
+    objective = exact_chain_bound(logits, [], multi_sample_f(params), n_samples).sum()
+    grads = torch.autograd.grad(objective, [logits, *params.parameters()])
+    return dict(zip(["logits", "w", "v", "c"], grads))
+
+
+@functools.lru_cache(maxsize=None)
+def exact_chain_bound_gradients(n_samples: int) -> dict[str, torch.Tensor]:
+    """Exact gradients of the K-sample bound of the two-layer chain (K = `n_samples` chains)."""
+    logits = CHAIN_LOGITS.clone().requires_grad_(True)
+    params = chain_params(1)
+    layers, f = chain_model(params)
+    objective = exact_chain_bound(logits, layers, f, n_samples).sum()
+    names = ["logits", *(n for n, _ in params.named_parameters())]
+    return dict(zip(names, torch.autograd.grad(objective, [logits, *params.parameters()])))
 
 
 def decoder_objective(seed: int = 0, n_units: int = 4, n_pixels: int = 6):

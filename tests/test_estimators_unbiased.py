@@ -26,6 +26,7 @@ from helpers import (
     estimated,
     estimated_chain,
     estimated_multi_sample,
+    exact_multi_sample_gradients,
     estimated_single_layer,
     max_z,
     single_layer_f,
@@ -186,8 +187,6 @@ class LocalDisARMWithoutDirectTerm(LocalDisARM):
                          ids=["VIMCO-no-direct-term-K2", "VIMCO-no-direct-term-K3", "VIMCO-leave-none-out-K2",
                               "VIMCO-leave-none-out-K3", "LocalDisARM-no-direct-term-K2"])
 def test_the_z_test_rejects_broken_multi_sample_estimators(make, n_samples):
-    from conftest import exact_multi_sample_gradients
-
     torch.manual_seed(zlib.crc32(f"{make.__name__}-K{n_samples}".encode()))
     estimates = estimated_multi_sample(make(n_samples))
     assert max_z(estimates["logits"], exact_multi_sample_gradients(n_samples)["logits"]) > 3 * Z_THRESHOLD
@@ -196,8 +195,6 @@ def test_the_z_test_rejects_broken_multi_sample_estimators(make, n_samples):
 @pytest.mark.parametrize("n_samples", [2, 3])
 def test_vimco_with_the_arithmetic_mean_baseline_is_also_unbiased(n_samples):
     """The z-test does not reject every change: VIMCO's other leave-one-out baseline passes it."""
-    from conftest import exact_multi_sample_gradients
-
     torch.manual_seed(zlib.crc32(f"vimco-arithmetic-K{n_samples}".encode()))
     estimates = estimated_multi_sample(ArithmeticMeanVIMCO(n_samples))
     for name, exact in exact_multi_sample_gradients(n_samples).items():
