@@ -1,13 +1,13 @@
 """Time one training step of each estimator on a VAE-like objective.
 
 Linear encoder 784 -> 200 and decoder 200 -> 784, learned prior logits,
-batch 100, Adam; f(b) = log p(x | b) + log p(b) - log q(b | x) with q's
-logits detached. Estimators are compared at equal evaluations of f (K samples,
-K/2 pairs, or MuProp's K - 1 samples and mean-field point); those that cannot
-run at a cost (pairs at an odd one, RLOO and MuProp at one) are left out of its
-rows. Steps are timed in interleaved rounds (every estimator once per round)
-and the median per estimator is reported, with its ratio to RLOO at the same
-number of evaluations, all from this one run.
+batch 100, Adam; f(b) = log p(x | b) + log p(b) - log q(b | x) with the logits
+the estimator hands f (detached for the ELBO's estimators, with their graph for
+the multi-sample bound's VIMCO and LocalDisARM, whose backward then includes the
+direct derivative). Estimators are compared at equal evaluations of f (K samples
+or K/2 pairs). Steps are timed in interleaved rounds (every estimator once
+per round) and the median per estimator is reported, with its ratio to RLOO
+at the same number of evaluations, all from this one run.
 
     python benchmarks/estimators.py [--evaluations 2 3 6] [--rounds 15] [--device cpu]
 """
@@ -44,15 +44,15 @@ class StepRunner:
     def step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.encoder(self.x)
-        q_logits = logits.detach()
 
-        def f(b):
+        def f(samples, q_logits):
+            b = samples[0]
             log_px = -nn.functional.binary_cross_entropy_with_logits(
                 self.decoder(b), self.x.expand(b.shape[0], -1, -1), reduction="none"
             ).sum(-1)
-            return log_px + bernoulli_log_prob(b, self.prior_logits) - bernoulli_log_prob(b, q_logits)
+            return log_px + bernoulli_log_prob(b, self.prior_logits) - bernoulli_log_prob(b, q_logits[0])
 
-        self.estimator(logits, f).loss.backward()
+        self.estimator.chain(logits, [], f).loss.backward()
         self.optimizer.step()
 
 

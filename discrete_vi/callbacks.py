@@ -22,6 +22,9 @@ from discrete_vi.diagnostics import encoder_gradient_variance, logit_gradient_va
 from discrete_vi.estimators import estimator_labels, estimators_at
 from discrete_vi.scalars import completes_optimizer_step, write_scalars
 
+DEFAULT_BASKETS = {"elbo": ("RLOO", "RLOODoubleCV", "DisARM"), "multi_sample": ("VIMCO", "LocalDisARM")}
+"""`EstimatorVarianceBasket`'s estimators when none are given, by the model's training objective."""
+
 
 def _tensorboard(trainer: pl.Trainer):
     """The SummaryWriter of the trainer's TensorBoard logger, or None."""
@@ -64,7 +67,8 @@ class GradientVarianceMonitor(pl.Callback):
     parameters.
 
     `quantity="encoder"` (default) measures it as the papers plot it: for the gradient of the
-    batch-mean ELBO w.r.t. the encoder's parameters, averaged over parameters
+    batch-mean training objective (the ELBO, or the K-sample bound of a multi-sample model)
+    w.r.t. the encoder's parameters, averaged over parameters
     (`diagnostics.encoder_gradient_variance`); `quantity="logits"` for the per-example
     gradient w.r.t. the first layer's logits, averaged over units and examples
     (`diagnostics.logit_gradient_variance`).
@@ -97,9 +101,13 @@ class EstimatorVarianceBasket(pl.Callback):
     of different training trajectories (the DisARM paper's protocol).
 
     Labels are those of `discrete_vi.estimators.estimator_labels` (e.g. RLOO, RLOODoubleCV,
-    ARM, DisARM, REBAR, Reinforce, Reinforce+EMA); one that cannot run at the model's cost
-    (DisARM at an odd one, REBAR at one that is not a multiple of 3) is left out with a note.
-    The basket entry of the model's own estimator class is the model's estimator itself (its
+    ARM, DisARM, REBAR, Reinforce, Reinforce+EMA; VIMCO, LocalDisARM), all estimating the
+    gradient of the model's training objective (a basket with another is refused before
+    training); one that cannot run at the model's cost (DisARM at an odd one, REBAR at one that
+    is not a multiple of 3) is left out with a note. The default basket is RLOO, RLOODoubleCV,
+    DisARM for the ELBO and VIMCO, LocalDisARM for the multi-sample bound (at equal evaluations
+    VIMCO's bound has 2K samples where LocalDisARM's has K, the DisARM paper's comparison). The
+    basket entry of the model's own estimator class is the model's estimator itself (its
     learned state as trained). Any other entry with learned state (the double-CV alpha, a
     moving-average baseline) is a copy of its own that learns it at the current parameters
     before each measurement: `adapt_steps` updates on the current batch before the first (Adam
@@ -108,7 +116,7 @@ class EstimatorVarianceBasket(pl.Callback):
     moving model: about a fifth of the first adaptation's cost, the largest part of the basket's).
 
     Args:
-        estimators: labels of the basket.
+        estimators: labels of the basket (default: by the model's training objective, above).
         every_n_steps: optimizer steps between measurements.
         n_draws: independent estimates per estimator and measurement (>= 2).
         adapt_steps: state updates before the first measurement, for estimators with learned state.
@@ -118,7 +126,7 @@ class EstimatorVarianceBasket(pl.Callback):
 
     def __init__(
         self,
-        estimators: list[str] = ("RLOO", "RLOODoubleCV", "DisARM"),
+        estimators: list[str] | None = None,
         every_n_steps: int = 1000,
         n_draws: int = 8,
         adapt_steps: int = 100,
@@ -126,12 +134,12 @@ class EstimatorVarianceBasket(pl.Callback):
         adapt_lr_scale: float = 10.0,
     ):
         available = list(estimator_labels())
-        unknown = [name for name in estimators if name not in available]
-        if unknown or not estimators:
+        unknown = [name for name in estimators if name not in available] if estimators is not None else []
+        if unknown or estimators == []:
             raise ConfigurationError(
                 f"unknown basket estimator(s) {unknown or '(none given)'}; choose from {', '.join(available)}"
             )
-        self.labels = list(estimators)
+        self.labels = None if estimators is None else list(estimators)
         self.every_n_steps = check_count("every_n_steps", every_n_steps, 1)
         self.n_draws = check_count("n_draws", n_draws, 2)
         self.adapt_steps = check_count("adapt_steps", adapt_steps, 0)
@@ -140,9 +148,27 @@ class EstimatorVarianceBasket(pl.Callback):
         self._basket: dict[str, torch.nn.Module] | None = None
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.check_objective(pl_module)
+
+    def check_objective(self, pl_module) -> None:
+        """Raise ConfigurationError unless every basket estimator estimates the gradient of the
+        model's training objective (choosing the default basket of that objective if none was given)."""
+        objective = pl_module.training_objective
+        if self.labels is None:
+            self.labels = list(DEFAULT_BASKETS[objective])
+        fitting = estimators_at(2, objective)
+        others = [label for label in self.labels if label not in fitting]
+        if others:
+            raise ConfigurationError(
+                f"basket estimator(s) {', '.join(others)} estimate the gradient of another objective than the "
+                f"model's training objective ({objective!r}); choose from {', '.join(fitting)}"
+            )
+
     def _build(self, pl_module) -> dict:
+        self.check_objective(pl_module)
         own = pl_module.estimator
-        made = estimators_at(own.n_evaluations)
+        made = estimators_at(own.n_evaluations, pl_module.training_objective)
         basket = {}
         for label in self.labels:
             if label not in made:

@@ -49,7 +49,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import CheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from discrete_vi.callbacks import PredictionWriter, ThreadTuner
+from discrete_vi.callbacks import EstimatorVarianceBasket, PredictionWriter, ThreadTuner
 from discrete_vi.checkpoints import AtomicCheckpointIO, RunCheckpoint, check_checkpoint_fits, check_class_paths
 from discrete_vi.checkpoints import checkpoint_configuration
 from discrete_vi.checks import UserError, check_count, check_input_size
@@ -285,6 +285,9 @@ class DiscreteVICLI(LightningCLI):
             check_input_size(requested, self.datamodule.input_size, f"data.dataset={self.datamodule.dataset!r}")
         if self.plan is not None and self.plan.checkpoint is not None:
             check_checkpoint_fits(self.model, self.plan.checkpoint, f"checkpoint {self.plan.ckpt_path}")
+        for callback in self.trainer.callbacks:  # before the trainer writes anything
+            if isinstance(callback, EstimatorVarianceBasket):
+                callback.check_objective(self.model)
 
     def after_instantiate_classes(self) -> None:
         """Load the data before the trainer makes a log folder, so a data error leaves none; refuse

@@ -3,7 +3,7 @@
 - `single-unit`: maximise `E[(b - p0)^2]` for one Bernoulli unit (ARM paper).
 - `quadratic`: maximise `1/D E ||b - t||^2`, D = 200, t = 0.499 (Titsias & Shi).
 
-Each estimator trains `phi` (starting at 0) with RMSprop; every
+Each ELBO estimator (the toys are `E[f]` problems) trains `phi` (starting at 0) with RMSprop; every
 `measure_every` steps the gradient variance is measured at the current,
 fixed parameters from `n_draws` independent estimates. Run it as
 
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, ToyHistory]:
     problem = quadratic_problem() if args.problem == "quadratic" else single_unit_problem(args.p0)
     results = {
         name: train_toy(problem, estimator, args.steps, args.lr, args.measure_every, args.draws, args.seed)
-        for name, estimator in estimators_at(args.evaluations).items()
+        for name, estimator in estimators_at(args.evaluations, "elbo").items()
     }
     print(format_table(problem, results))
     plot_path = args.plot or Path(f"toy_{args.problem}.png")

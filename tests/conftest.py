@@ -3,7 +3,16 @@
 import discrete_vi  # noqa: F401 (first: its thread settings apply before torch is loaded, as for users)
 import pytest
 import torch
-from helpers import CHAIN_LOGITS, LOGITS, chain_model, chain_params, single_layer_f, single_layer_params
+from helpers import (
+    CHAIN_LOGITS,
+    LOGITS,
+    chain_model,
+    chain_params,
+    exact_chain_bound_gradients,
+    exact_multi_sample_gradients,
+    single_layer_f,
+    single_layer_params,
+)
 
 from discrete_vi.exact import exact_chain_objective, exact_objective
 
@@ -27,3 +36,16 @@ def exact_chain() -> dict[str, torch.Tensor]:
     objective = exact_chain_objective(logits, layers, f).sum()
     names = ["logits", *(n for n, _ in params.named_parameters())]
     return dict(zip(names, torch.autograd.grad(objective, [logits, *params.parameters()])))
+
+
+@pytest.fixture(scope="session")
+def exact_for(exact_single, exact_chain):
+    """The exact gradients a case's estimates are compared with: `exact_for(case, chain=False)`,
+    by the case's training objective (and K for the K-sample bound)."""
+
+    def exact(case, chain: bool = False) -> dict[str, torch.Tensor]:
+        if case.objective == "elbo":
+            return exact_chain if chain else exact_single
+        return (exact_chain_bound_gradients if chain else exact_multi_sample_gradients)(case.bound_samples)
+
+    return exact

@@ -5,7 +5,7 @@ The command-line tests train it by class path (`custom_model.TanhDecoderVAE`).""
 import torch
 from torch import nn
 
-from discrete_vi.estimators import Estimator
+from discrete_vi.estimators import Estimator, TrainingObjective
 from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.models import BinaryLatentModule
 
@@ -22,8 +22,9 @@ class TanhDecoderVAE(BinaryLatentModule):
         val_samples: int = 100,
         test_samples: int = 1000,
         eval_chunk: int = 100,
+        training_objective: TrainingObjective = "elbo",
     ):
-        super().__init__(estimator, lr, val_samples, test_samples, eval_chunk)
+        super().__init__(estimator, lr, val_samples, test_samples, eval_chunk, training_objective=training_objective)
         self.check_estimator(1)
         self.encoder = nn.Linear(input_size, latent_size)
         self.decoder = nn.Sequential(nn.Linear(latent_size, 64), nn.Tanh(), nn.Linear(64, input_size))

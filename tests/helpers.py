@@ -2,15 +2,18 @@
 
 - the statistics of the unbiasedness checks (`max_z`);
 - the table of estimator cases, generated from the registry (`ESTIMATOR_CASES`): every
-  registered estimator (and variant) at several costs, its learned state moved away from its
-  initial values, so a new estimator is checked for the contract, unbiasedness, chains,
+  registered estimator (and variant) at several costs, with the training objective it estimates
+  (the ELBO or the K-sample bound), its learned state moved away from its initial values, so a
+  new estimator is checked for the contract, unbiasedness against its objective's oracle, chains,
   command-line training and compilation without editing any list;
-- the enumeration problems (`estimated_single_layer`, `estimated_chain`);
+- the enumeration problems (`estimated_single_layer`, `estimated_multi_sample`, `estimated_chain`) and
+  the exact gradients of the K-sample bound (`exact_multi_sample_gradients`, `exact_chain_bound_gradients`);
 - the command line's small run (`TINY`, `SMALL_EVAL`) and TensorBoard readers.
 """
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -22,6 +25,7 @@ from torch import Tensor, nn
 from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.checks import ConfigurationError
 from discrete_vi.estimators import ESTIMATORS, Estimator, estimator_labels
+from discrete_vi.exact import MAX_BITS, exact_chain_bound
 
 # --- statistics ---------------------------------------------------------------------------
 
@@ -117,6 +121,16 @@ class EstimatorCase:
         """Calls the estimates are drawn in (bounds memory: about 20,000 replicas x cost per call)."""
         return max(self.cost, self.cost * self.replicas // N_REPLICAS)
 
+    @property
+    def objective(self) -> str:
+        """The training objective the estimator estimates the gradient of ("elbo", "multi_sample")."""
+        return self.cls.training_objective
+
+    @property
+    def bound_samples(self) -> int:
+        """K of the K-sample bound it trains (1 for the ELBO): the exact oracle enumerates K-tuples."""
+        return 1 if self.objective == "elbo" else self.build().n_samples
+
 
 def registry_cases() -> list[EstimatorCase]:
     """Every registered estimator and variant at every cost of `COSTS` it accepts."""
@@ -134,13 +148,14 @@ def registry_cases() -> list[EstimatorCase]:
 
 ESTIMATOR_CASES = registry_cases()
 UNBIASED_CASES = [case for case in ESTIMATOR_CASES if not case.cls.biased]
-CHAIN_CASES = [case for case in UNBIASED_CASES if case.cls.supports_chains]
+CHAIN_BITS = 6
+"""Latent bits of the two-layer chain problem (3 + 3): K-tuples of chains enumerate up to K = 3."""
+CHAIN_CASES = [case for case in UNBIASED_CASES
+               if case.cls.supports_chains and case.bound_samples * CHAIN_BITS <= MAX_BITS]
 # One case per registered estimator and variant, at the smallest cost it accepts from 2 up.
 ONE_PER_ESTIMATOR = list({case.id.rsplit("-", 1)[0]: case for case in reversed(ESTIMATOR_CASES) if case.cost >= 2}.values())[::-1]
 
 
-# Estimators that evaluate f at relaxed points besides their samples: evaluations of f per sample.
-# Their `f_values` and `samples` hold the samples only (what the loss averages).
 def case_ids(cases: list[EstimatorCase]) -> list[str]:
     return [case.id for case in cases]
 
@@ -196,6 +211,49 @@ def estimated_single_layer(estimator: Estimator, chunks: int = 1, replicas: int 
     return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
 
+# The K-sample bound's problem: three units (K-tuples enumerate up to K = 6) and an f with a
+# -log q term in the logits it is given (a log importance weight), whose direct derivative is
+# part of the bound's gradient.
+MULTI_SAMPLE_LOGITS = CHAIN_LOGITS
+
+
+def multi_sample_params(replicas: int) -> PerExampleParams:
+    g = torch.Generator().manual_seed(3)
+    base = {"w": torch.randn(3, 3, generator=g), "v": torch.randn(3, 3, generator=g), "c": torch.randn(3, generator=g)}
+    return PerExampleParams(base, replicas)
+
+
+def multi_sample_f(p: PerExampleParams):
+    """f(samples, logits) = (b.w + c)^2 - 2 softplus(b.v) - log q(b | logits): [K, M, D] -> [K, M]."""
+
+    def f(samples, logits):
+        b = samples[0]
+        return ((b * p.w).sum(-1) + p.c) ** 2 - 2 * nn.functional.softplus((b * p.v).sum(-1)) - bernoulli_log_prob(b, logits[0])
+
+    return f
+
+
+def estimated_multi_sample(estimator: Estimator, chunks: int = 1) -> dict[str, Tensor]:
+    """Per-replica estimates [N, 3, ...] of the K-sample bound's gradients w.r.t. the logits and
+    f's parameters (`estimated_single_layer` for the multi-sample problem, through `chain`)."""
+    replicas = N_REPLICAS // chunks
+    parts = []
+    for _ in range(chunks):
+        logits = MULTI_SAMPLE_LOGITS.repeat(replicas, 1).requires_grad_(True)
+        params = multi_sample_params(replicas)
+        estimator.chain(logits, [], multi_sample_f(params)).loss.backward()
+        grads = {"logits": logits.grad, **{n: p.grad for n, p in params.named_parameters()}}
+        parts.append({name: (-logits.shape[0] * g).view(replicas, 3, *g.shape[1:]) for name, g in grads.items()})
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+def estimated(case: EstimatorCase, estimator: Estimator) -> dict[str, Tensor]:
+    """The single-layer estimates of the problem of the case's training objective."""
+    if case.objective == "elbo":
+        return estimated_single_layer(estimator, chunks=case.chunks, replicas=case.replicas)
+    return estimated_multi_sample(estimator, chunks=case.chunks)
+
+
 def chain_params(replicas: int) -> PerExampleParams:
     g = torch.Generator().manual_seed(2)
     base = {
@@ -234,6 +292,27 @@ def estimated_chain(estimator: Estimator):
     return out, {name: (-logits.shape[0] * g).view(N_REPLICAS, 3, *g.shape[1:]) for name, g in grads.items()}
 
 
+@functools.lru_cache(maxsize=None)
+def exact_multi_sample_gradients(n_samples: int) -> dict[str, torch.Tensor]:
+    """Exact gradients of the K-sample bound of the multi-sample problem (K = `n_samples`)."""
+    logits = MULTI_SAMPLE_LOGITS.clone().requires_grad_(True)
+    params = multi_sample_params(1)
+    objective = exact_chain_bound(logits, [], multi_sample_f(params), n_samples).sum()
+    grads = torch.autograd.grad(objective, [logits, *params.parameters()])
+    return dict(zip(["logits", "w", "v", "c"], grads))
+
+
+@functools.lru_cache(maxsize=None)
+def exact_chain_bound_gradients(n_samples: int) -> dict[str, torch.Tensor]:
+    """Exact gradients of the K-sample bound of the two-layer chain (K = `n_samples` chains)."""
+    logits = CHAIN_LOGITS.clone().requires_grad_(True)
+    params = chain_params(1)
+    layers, f = chain_model(params)
+    objective = exact_chain_bound(logits, layers, f, n_samples).sum()
+    names = ["logits", *(n for n, _ in params.named_parameters())]
+    return dict(zip(names, torch.autograd.grad(objective, [logits, *params.parameters()])))
+
+
 def decoder_objective(seed: int = 0, n_units: int = 4, n_pixels: int = 6):
     """A small Bernoulli 'decoder' log-likelihood f(b) = log p(x | b): [K, B, D] -> [K, B]."""
     g = torch.Generator().manual_seed(seed)
@@ -267,8 +346,10 @@ SMALL_EVAL = ["--model.val_samples", "5", "--model.test_samples", "20", "--model
 
 
 def estimator_args(case: EstimatorCase) -> list[str]:
-    """The command-line options that select a case's estimator."""
-    args = ["--model.estimator", case.name]
+    """The command-line options that select a case's estimator (and the model's training
+    objective, where the estimator's is not the default ELBO)."""
+    args = [] if case.objective == "elbo" else ["--model.training_objective", case.objective]
+    args += ["--model.estimator", case.name]
     for key, value in case.build().config()["init_args"].items():
         args += [f"--model.estimator.{key}", str(value)]
     return args

@@ -29,6 +29,12 @@ def test_fit_then_test_with_each_estimator_writes_finite_scalars(case, tmp_path,
         assert tag in logged, f"{tag} missing; logged: {sorted(logged)}"
         assert all(math.isfinite(v) for v in logged[tag]), (tag, logged[tag])
     assert len(logged["train/elbo"]) == 4  # every step
+    if case.objective == "multi_sample":  # the K-sample bound trained, above the ELBO (mean of f)
+        assert len(logged["train/bound"]) == 4 and all(math.isfinite(v) for v in logged["train/bound"])
+        if case.name == "VIMCO":  # Jensen: the bound of the same samples is above their mean
+            assert all(b >= e for b, e in zip(logged["train/bound"], logged["train/elbo"]))
+    else:
+        assert "train/bound" not in logged
     assert "hp_metric" not in logged
     for state in case.make().logged_state():
         assert f"estimator/{state}" in logged, (state, sorted(logged))

@@ -94,6 +94,33 @@ def test_unknown_estimator_and_model_names_list_the_valid_ones(tmp_path, monkeyp
     assert "no module named 'no_such_module'" in line
 
 
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--model.estimator", "VIMCO"], ["VIMCO estimates the gradient of the K-sample bound",
+                                          "--model.training_objective multi_sample"]),
+        (["--model.training_objective", "multi_sample", "--model.estimator", "RLOO"],
+         ["RLOO estimates the gradient of the ELBO", "VIMCO, LocalDisARM"]),
+        (["--model.training_objective", "multi_sample", "--model.estimator", "LocalDisARM",
+          "--model.latent_sizes", "[20, 10]"], ["LocalDisARM is defined for one stochastic layer", "VIMCO"]),
+        (["--model.training_objective", "iwae"], ["training_objective", "multi_sample"]),
+    ],
+    ids=["VIMCO-on-the-ELBO", "RLOO-on-the-bound", "LocalDisARM-on-a-chain", "unknown-objective"],
+)
+def test_an_estimator_of_another_training_objective_is_one_line(args, words, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = run_failing(["fit", *TINY, "--model.latent_sizes", "[30]", *SMALL_EVAL, *args], tmp_path, capsys)
+    assert all(word in line for word in words), line
+
+
+def test_a_variance_basket_of_another_training_objective_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = run_failing(["fit", *TINY, *MODEL, "--model.training_objective", "multi_sample", "--model.estimator", "VIMCO",
+                        "--trainer.callbacks+=discrete_vi.callbacks.EstimatorVarianceBasket",
+                        "--trainer.callbacks.estimators", "[VIMCO, RLOO, DisARM]"], tmp_path, capsys)
+    assert "RLOO, DisARM" in line and "'multi_sample'" in line and "VIMCO, LocalDisARM" in line, line
+
+
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "broken.yaml").write_text("model:\n  init_args:\n    latent_sizes: [30\n    lr: 0.1\n")

@@ -92,6 +92,23 @@ def test_a_failing_run_is_reported_while_the_others_finish(grid_run):
     assert len(rows(out)) == 4, "runs without logs are not rows"
 
 
+def test_a_grid_on_the_multi_sample_bound_reports_its_training_bound(tmp_path):
+    """VIMCO (K = 4) against LocalDisARM (K = 2 pairs) at 4 evaluations of f, both training the
+    multi-sample objective: each row has its train bound as well as the ELBO and test bound."""
+    out = tmp_path / "bound"
+    grid = ["--grid", "model.estimator={class_path: VIMCO, init_args: {n_samples: 4}},"
+                      "{class_path: LocalDisARM, init_args: {n_samples: 2}}"]
+    result = compare(out, "--jobs", "2", grid=grid, run_args=[*RUN_ARGS, "--model.training_objective", "multi_sample"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(r["run"] for r in rows(out)) == ["estimator=LocalDisARM-n_samples=2", "estimator=VIMCO-n_samples=4"]
+    for row in rows(out):
+        for column in ("train_elbo", "train_bound", "test_bound", "log10_grad_variance"):
+            assert float(row[column]) == float(row[column]), (column, row)
+    vimco = next(row for row in rows(out) if "VIMCO" in row["run"])
+    assert float(vimco["train_bound"]) >= float(vimco["train_elbo"]), vimco  # Jensen, step by step
+    assert "train_bound" in (out / "report.md").read_text() and "train bound" in result.stdout
+
+
 def test_report_on_a_folder_of_runs(grid_run, tmp_path):
     out, _, _ = grid_run
     (out / "report.md").unlink()

@@ -21,8 +21,9 @@ def train_a_few_steps(estimator_name: str, compile: bool, batch: torch.Tensor, s
     """`steps` SGD steps of a small VAE; returns the per-step losses and the final parameters.
     SGD, not Adam: Adam's first steps amplify rounding differences of near-zero gradients."""
     torch.manual_seed(0)
-    estimator = ESTIMATORS[estimator_name].at_cost(smallest_cost(estimator_name))
-    model = BinaryVAE(estimator=estimator, latent_sizes=(8,), compile=compile)
+    cls = ESTIMATORS[estimator_name]
+    model = BinaryVAE(estimator=cls.at_cost(smallest_cost(estimator_name)), training_objective=cls.training_objective,
+                      latent_sizes=(8,), compile=compile)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     torch.manual_seed(1)
     losses = []
@@ -64,7 +65,8 @@ def test_compiled_training_matches_eager(estimator_name, same_random_draws):
 def test_every_estimator_compiles_and_matches_eager(estimator_name, same_random_draws):
     if ESTIMATORS[estimator_name].compile_refusal:
         with pytest.raises(ValueError, match="cannot be compiled"):
-            BinaryVAE(estimator=ESTIMATORS[estimator_name].at_cost(smallest_cost(estimator_name)), compile=True)
+            BinaryVAE(estimator=ESTIMATORS[estimator_name].at_cost(smallest_cost(estimator_name)), compile=True,
+                      training_objective=ESTIMATORS[estimator_name].training_objective)
         return
     check_compiled_matches_eager(estimator_name)
 

@@ -1,11 +1,13 @@
 """The public call's contract: loss value, gradients, formulas, bad input, mixed precision."""
 
+import math
+
 import pytest
 import torch
 from helpers import ESTIMATOR_CASES, case_ids, decoder_objective, drawn_samples
 
-from discrete_vi.bernoulli import draw_bernoulli, uniform
-from discrete_vi.estimators import ARM, RLOO, DisARM, Estimator, Reinforce, RLOODoubleCV
+from discrete_vi.bernoulli import bernoulli_log_prob, draw_bernoulli, uniform
+from discrete_vi.estimators import ARM, RLOO, VIMCO, DisARM, Estimator, LocalDisARM, Reinforce, RLOODoubleCV
 from discrete_vi.estimators.relax import conditional_logistic
 from discrete_vi.estimators.double_cv import double_cv_terms
 from discrete_vi.estimators.muprop import muprop_terms
@@ -27,10 +29,15 @@ def test_loss_value_and_decoder_gradient(case):
     k = drawn_samples(estimator)
     assert out.f_values.shape == (k, 5) and out.samples[0].shape == (k, 5, 4)
     assert set(out.samples[0].unique().tolist()) <= {0.0, 1.0}
-    torch.testing.assert_close(out.loss.detach(), -out.f_values.mean())
+    # The value: minus the batch mean of the training bound, -mean(f) for the ELBO,
+    # -mean_B log 1/K sum_k exp f(b_k) over the bound's K samples for the multi-sample bound.
+    bound = out.f_values.mean(0) if case.objective == "elbo" else torch.logsumexp(out.f_values[:estimator.n_samples], 0) - math.log(estimator.n_samples)
+    torch.testing.assert_close(estimator.training_bound(out.f_values), bound)
+    torch.testing.assert_close(out.loss.detach(), -bound.mean())
     out.loss.backward()
-    # Decoder gradient: -(1/(K*B)) sum of d f / d param over the same samples.
-    expected = torch.autograd.grad(-f(out.samples[0]).mean(), decoder.weight)[0]
+    # Decoder gradient: minus that of the batch-mean bound on the same samples
+    # (ELBO: -(1/(K*B)) sum of d f / d param).
+    expected = torch.autograd.grad(-estimator.training_bound(f(out.samples[0])).mean(), decoder.weight)[0]
     torch.testing.assert_close(decoder.weight.grad, expected)
 
 
@@ -134,6 +141,8 @@ def test_disarm_follows_the_formula():
         (lambda: Reinforce(2, baseline="mean"), "baseline must be one of 'none', 'ema'"),
         (lambda: Reinforce(2, baseline="ema", decay=1.0), "decay must be in"),
         (lambda: RLOODoubleCV(2, alpha_lr=0.0), "alpha_lr must be > 0"),
+        (lambda: VIMCO(1), "n_samples must be >= 2"),
+        (lambda: LocalDisARM(0), "n_samples must be >= 1"),
     ],
 )
 def test_bad_settings_raise_clear_errors(make, message):
@@ -200,8 +209,12 @@ def test_autocast_keeps_estimator_arithmetic_in_float32(case):
     f_rounding = (out16.f_values - out32.f_values).abs().max().item()
     assert f_rounding > 0, "the decoder should have run in bf16"
     # Each estimate is a weighted sum of f values with |weight| <= 1 per evaluation (2 per pair),
-    # so its error is bounded by a small multiple of the decoder's rounding of f.
-    if case.name not in USES_F_GRADIENT:
+    # so its error is bounded by a small multiple of the decoder's rounding of f. Multi-sample:
+    # a sum over the K samples of signals (differences of two log-mean-exps, each moved by at most
+    # the rounding) times scores or DisARM factors of size <= 1 (this f has no direct term).
+    if case.objective == "multi_sample":
+        assert (g16 - g32).abs().max().item() <= 2 * estimator_bound_samples(make()) * f_rounding + 1e-6
+    elif case.name not in USES_F_GRADIENT:
         assert (g16 - g32).abs().max().item() <= 2 * f_rounding + 1e-6
     elif case.name in ("StraightThrough", "GumbelSoftmaxST"):
         # Float32 estimates from bf16 values and gradients of f, close to float32's.
@@ -252,6 +265,100 @@ def test_autocast_keeps_estimator_arithmetic_in_float32(case):
             g0, g1 = double_cv_terms(out16.f_values, out16.samples[0], torch.sigmoid(logits), grads)
             expected = g0 + estimator.alpha.detach() * g1
         torch.testing.assert_close(g16, expected)
+
+
+def estimator_bound_samples(estimator: Estimator) -> int:
+    return estimator.n_samples
+
+
+# --- The multi-sample bound -----------------------------------------------------------------
+
+
+def chain_gradient_of(estimator: Estimator, logits, log_p, seed=3):
+    """One `chain` call on the VAE-like log weight f(samples, logits) = log p(x, b) - log q(b | logits)."""
+    torch.manual_seed(seed)
+    leaf = logits.clone().requires_grad_(True)
+    out = estimator.chain(leaf, [], lambda samples, f_logits: log_p(samples[0]) - bernoulli_log_prob(samples[0], f_logits[0]))
+    out.loss.backward()
+    return out, -leaf.shape[0] * leaf.grad
+
+
+def test_vimco_follows_the_formula_with_its_direct_term():
+    """g = sum_k (L - L_{-k} - w_k) (b_k - theta): the signals with the geometric-mean
+    replacement, and the direct derivative of L through f's -log q term."""
+    logits = torch.randn(5, 4) * 2
+    out, g = chain_gradient_of(VIMCO(3), logits, decoder_objective()[1])
+    fv, b, theta = out.f_values, out.samples[0], torch.sigmoid(logits)
+    bound = torch.logsumexp(fv, 0) - math.log(3)
+    signals = []
+    for k in range(3):
+        others = torch.cat([fv[:k], fv[k + 1:]])
+        replaced = torch.cat([others, others.mean(0, keepdim=True)])
+        signals.append(bound - (torch.logsumexp(replaced, 0) - math.log(3)))
+    weights = torch.softmax(fv, 0)
+    expected = ((torch.stack(signals) - weights).unsqueeze(-1) * (b - theta)).sum(0)
+    torch.testing.assert_close(g, expected)
+    torch.testing.assert_close(out.loss.detach(), -bound.mean())
+
+
+def test_local_disarm_follows_the_formula_with_its_direct_term():
+    """g = sum_k [1/2 (L - L~_k) (-1)^{b~_k} 1[b_k != b~_k] sigmoid(|phi|) - w_k (b_k - theta)],
+    the bound over the b half; b_k = 1[u > sigmoid(-phi)] and b~_k = 1[u < theta] share u."""
+    logits = torch.randn(5, 4) * 3
+    out, g = chain_gradient_of(LocalDisARM(3), logits, decoder_objective()[1])
+    fv, samples, theta = out.f_values, out.samples[0], torch.sigmoid(logits)
+    b, b_tilde = samples[:3], samples[3:]
+    bound = torch.logsumexp(fv[:3], 0) - math.log(3)
+    swapped = []
+    for k in range(3):
+        values = fv[:3].clone()
+        values[k] = fv[3 + k]
+        swapped.append(torch.logsumexp(values, 0) - math.log(3))
+    signals = (bound - torch.stack(swapped)).unsqueeze(-1)
+    weights = torch.softmax(fv[:3], 0).unsqueeze(-1)
+    disarm = 0.5 * (-1.0) ** b_tilde * (b != b_tilde) * torch.sigmoid(logits.abs())
+    torch.testing.assert_close(g, (signals * disarm - weights * (b - theta)).sum(0))
+    torch.testing.assert_close(out.loss.detach(), -bound.mean())
+    assert not ((b == 0) & (b_tilde == 0) & (logits > 0)).any()  # an antithetic pair
+
+
+def test_the_single_layer_call_takes_the_direct_term_from_an_f_that_uses_the_live_logits():
+    """`est(logits, f)`: an f that closes over the logits themselves (not a detached copy) gives
+    the same gradient as `chain` handing f its logits."""
+    logits = torch.randn(5, 4)
+    _, log_p = decoder_objective()
+    _, through_chain = chain_gradient_of(VIMCO(2), logits, log_p)
+    torch.manual_seed(3)
+    leaf = logits.clone().requires_grad_(True)
+    VIMCO(2)(leaf, lambda b: log_p(b) - bernoulli_log_prob(b, leaf)).loss.backward()
+    torch.testing.assert_close(-leaf.shape[0] * leaf.grad, through_chain)
+
+
+def test_multi_sample_estimators_call_f_once_with_the_bound_samples_first():
+    calls = []
+
+    def f(samples, f_logits):
+        calls.append(samples[0].shape)
+        assert f_logits[0].requires_grad, "the multi-sample bound's f gets the logits with their graph"
+        return samples[0].sum(-1)
+
+    logits = torch.randn(5, 4, requires_grad=True)
+    for estimator, rows in ((VIMCO(3), 3), (LocalDisARM(3), 6)):
+        calls.clear()
+        out = estimator.chain(logits, [], f)
+        assert calls == [(rows, 5, 4)] and estimator.n_evaluations == rows
+        assert out.f_values.shape == (rows, 5)
+
+
+@pytest.mark.parametrize("cls, cost, n_samples", [(VIMCO, 4, 4), (LocalDisARM, 4, 2), (LocalDisARM, 2, 1)])
+def test_multi_sample_estimators_at_equal_cost(cls, cost, n_samples):
+    estimator = cls.at_cost(cost)
+    assert estimator.n_samples == n_samples and estimator.n_evaluations == cost
+
+
+def test_local_disarm_at_an_odd_cost_is_refused():
+    with pytest.raises(ValueError, match="must be even"):
+        LocalDisARM.at_cost(3)
 
 
 def test_double_cv_refuses_an_f_that_is_not_differentiable_in_its_samples():

@@ -4,7 +4,9 @@ layer and for chains; deliberately broken variants are caught by the same test.
 Independent estimates come from batched calls: the logits of a few examples are replicated
 `N_REPLICAS` times along the batch, and `f` has per-example parameters, so the gradient of
 each replica's own parameters is an independent estimate too. Cases come from the registry
-(`helpers.ESTIMATOR_CASES`), learned state randomised away from initialisation.
+(`helpers.ESTIMATOR_CASES`), learned state randomised away from initialisation, each checked
+against the oracle of its training objective: the ELBO, or the K-sample bound (enumerating
+K-tuples; its problem's f has a -log q term, whose direct derivative the bound's gradient needs).
 """
 
 import zlib
@@ -22,25 +24,29 @@ from helpers import (
     chain_model,
     chain_params,
     drawn_samples,
+    estimated,
     estimated_chain,
+    estimated_multi_sample,
+    exact_multi_sample_gradients,
     estimated_single_layer,
     max_z,
     single_layer_f,
     single_layer_params,
 )
 
-from discrete_vi.estimators import ARMS, RLOO, RODEO, Reinforce, RLOODoubleCV
+from discrete_vi.estimators import ARMS, RLOO, RODEO, VIMCO, LocalDisARM, Reinforce, RLOODoubleCV
+from discrete_vi.estimators.multi_sample import log_mean_exp, swapped_log_mean_exp
 from discrete_vi.estimators.reinforce import ScoreFunctionEstimator
 from discrete_vi.estimators.rodeo import other_sample_pairs, stein_controls
 
 
 @pytest.mark.parametrize("case", UNBIASED_CASES, ids=case_ids(UNBIASED_CASES))
-def test_single_layer_estimates_are_unbiased(case, exact_single):
+def test_single_layer_estimates_are_unbiased(case, exact_for):
     torch.manual_seed(zlib.crc32(case.id.encode()))
     estimator = case.make()
     state = {n: p.detach().clone() for n, p in estimator.named_parameters()}
-    estimates = estimated_single_layer(estimator, chunks=case.chunks, replicas=case.replicas)
-    for name, exact in exact_single.items():
+    estimates = estimated(case, estimator)
+    for name, exact in exact_for(case).items():
         z = max_z(estimates[name], exact)
         assert z < Z_THRESHOLD, f"{case.id}: gradient w.r.t. {name} is off by {z:.1f} standard errors"
     for n, p in estimator.named_parameters():  # the test ran at the randomised state, which learns
@@ -49,17 +55,18 @@ def test_single_layer_estimates_are_unbiased(case, exact_single):
 
 
 @pytest.mark.parametrize("case", CHAIN_CASES, ids=case_ids(CHAIN_CASES))
-def test_chain_estimates_are_unbiased(case, exact_chain):
+def test_chain_estimates_are_unbiased(case, exact_for):
     torch.manual_seed(zlib.crc32(case.id.encode()))
     estimator = case.make()
     out, estimates = estimated_chain(estimator)
     assert out.f_values.shape[1] == 3 * N_REPLICAS and out.f_values.shape[0] % drawn_samples(estimator) == 0
-    for name, exact in exact_chain.items():
+    for name, exact in exact_for(case, chain=True).items():
         z = max_z(estimates[name], exact)
         assert z < Z_THRESHOLD, f"{case.id}: chain gradient w.r.t. {name} is off by {z:.1f} standard errors"
 
 
-@pytest.mark.parametrize("make", [lambda: RLOODoubleCV(2), lambda: RODEO(2)], ids=["RLOODoubleCV", "RODEO"])
+@pytest.mark.parametrize("make", [lambda: RLOODoubleCV(2), lambda: RODEO(2), lambda: LocalDisARM(2)],
+                         ids=["RLOODoubleCV", "RODEO", "LocalDisARM"])
 def test_single_layer_estimators_refuse_chains(make):
     layers, f = chain_model(chain_params(1))
     with pytest.raises(ValueError, match="one stochastic layer"):
@@ -140,6 +147,59 @@ def test_the_z_test_rejects_rodeo_with_an_uncorrected_control(n_samples, exact_s
     torch.manual_seed(zlib.crc32(f"rodeo-K{n_samples}-uncorrected-control".encode()))
     estimates = estimated_single_layer(uncorrected_rodeo(n_samples))
     assert max_z(estimates["logits"], exact_single["logits"]) > 2 * Z_THRESHOLD
+
+
+class VIMCOWithoutDirectTerm(VIMCO):
+    """Deliberately wrong: f gets detached logits, so the direct derivative of the bound through
+    f's -log q term, -sum_k w_k (b_k - theta), is missing (harmless for the ELBO, not here)."""
+
+    def objective_logits(self, logits):
+        return [phi.detach().float() for phi in logits]
+
+
+class LeaveNoneOutVIMCO(VIMCO):
+    """Deliberately wrong: sample k's replacement is the mean of ALL f values, f_k included, so
+    the baseline L_{-k} depends on b_k."""
+
+    def sample_weights(self, f_values):
+        return log_mean_exp(f_values) - swapped_log_mean_exp(f_values, f_values.mean(0, keepdim=True).expand_as(f_values))
+
+
+class ArithmeticMeanVIMCO(VIMCO):
+    """Not broken: VIMCO's other baseline (Mnih & Rezende 2016), f_k replaced by the log of the
+    arithmetic mean of the other samples' weights; it still ignores b_k, so it is unbiased."""
+
+    def sample_weights(self, f_values):
+        n = f_values.shape[0]
+        others = torch.stack([torch.cat([f_values[:k], f_values[k + 1:]]) for k in range(n)])  # [K, K-1, B]
+        return log_mean_exp(f_values) - swapped_log_mean_exp(f_values, log_mean_exp(others, 1))
+
+
+class LocalDisARMWithoutDirectTerm(LocalDisARM):
+    """Deliberately wrong: f gets detached logits (no direct derivative of the bound)."""
+
+    def objective_logits(self, logits):
+        return [phi.detach().float() for phi in logits]
+
+
+@pytest.mark.parametrize("make, n_samples", [(VIMCOWithoutDirectTerm, 2), (VIMCOWithoutDirectTerm, 3),
+                                             (LeaveNoneOutVIMCO, 2), (LeaveNoneOutVIMCO, 3),
+                                             (LocalDisARMWithoutDirectTerm, 2)],
+                         ids=["VIMCO-no-direct-term-K2", "VIMCO-no-direct-term-K3", "VIMCO-leave-none-out-K2",
+                              "VIMCO-leave-none-out-K3", "LocalDisARM-no-direct-term-K2"])
+def test_the_z_test_rejects_broken_multi_sample_estimators(make, n_samples):
+    torch.manual_seed(zlib.crc32(f"{make.__name__}-K{n_samples}".encode()))
+    estimates = estimated_multi_sample(make(n_samples))
+    assert max_z(estimates["logits"], exact_multi_sample_gradients(n_samples)["logits"]) > 3 * Z_THRESHOLD
+
+
+@pytest.mark.parametrize("n_samples", [2, 3])
+def test_vimco_with_the_arithmetic_mean_baseline_is_also_unbiased(n_samples):
+    """The z-test does not reject every change: VIMCO's other leave-one-out baseline passes it."""
+    torch.manual_seed(zlib.crc32(f"vimco-arithmetic-K{n_samples}".encode()))
+    estimates = estimated_multi_sample(ArithmeticMeanVIMCO(n_samples))
+    for name, exact in exact_multi_sample_gradients(n_samples).items():
+        assert max_z(estimates[name], exact) < Z_THRESHOLD, name
 
 
 # --- special cases ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 short training runs and configuration errors."""
 
 import math
+from functools import partial
 
 import pytest
 import pytorch_lightning as pl
@@ -9,7 +10,7 @@ import torch
 
 from discrete_vi.data import BinarizedImageDataModule
 from discrete_vi.diagnostics import logit_gradient_variance
-from discrete_vi.estimators import ARM, NVIL, RLOO, DisARM, MuProp, RLOODoubleCV
+from discrete_vi.estimators import ARM, NVIL, RLOO, VIMCO, DisARM, LocalDisARM, MuProp, RLOODoubleCV
 from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.checks import ConfigurationError
 from discrete_vi.exact import all_configurations
@@ -24,10 +25,12 @@ def digits():
     return next(iter(datamodule.val_dataloader()))[:64].float().clamp(0, 1).round()
 
 
-@pytest.mark.parametrize("estimator", [RLOO(3), RLOODoubleCV(2), DisARM(2)], ids=["rloo", "double_cv", "disarm"])
+@pytest.mark.parametrize("estimator", [RLOO(3), RLOODoubleCV(2), DisARM(2), VIMCO(3), LocalDisARM(2)],
+                         ids=["rloo", "double_cv", "disarm", "vimco", "local_disarm"])
 def test_training_step_gives_the_encoder_exactly_the_estimators_gradient(estimator, digits):
     torch.manual_seed(0)
-    model = BinaryVAE(estimator=estimator, latent_sizes=(16,), init_output_bias=False)
+    model = BinaryVAE(estimator=estimator, latent_sizes=(16,), init_output_bias=False,
+                      training_objective=estimator.training_objective)
     with torch.no_grad():
         estimator.alpha.fill_(0.3) if isinstance(estimator, RLOODoubleCV) else None
     torch.manual_seed(1)
@@ -35,11 +38,12 @@ def test_training_step_gives_the_encoder_exactly_the_estimators_gradient(estimat
     encoder_grad = model.encoder[0].weight.grad.clone()
 
     # The estimator called directly on the same samples: g = -B * d loss / d logits,
-    # chained into the encoder by hand: d loss / d W = (d loss / d logits)^T x.
+    # chained into the encoder by hand: d loss / d W = (d loss / d logits)^T x. (f gets the
+    # logits from the estimator: detached for the ELBO, live for the multi-sample bound.)
     model.zero_grad()
     logits = model.encoder[0](digits).detach().requires_grad_(True)
     torch.manual_seed(1)
-    out = estimator(logits, lambda b: model.objective(digits, [b], [logits.detach()]))
+    out = estimator.chain(logits, [], partial(model.objective, digits))
     out.loss.backward()
     torch.testing.assert_close(encoder_grad, logits.grad.T @ digits)
 
@@ -103,6 +107,32 @@ def test_two_layer_vae_improves_its_elbo(estimator, digits):
     model = BinaryVAE(estimator=estimator, latent_sizes=(200, 200), lr=3e-3)
     before, after = fit_and_measure(model, 150, digits)
     assert after > before + 20, (before, after)
+
+
+@pytest.mark.parametrize("estimator", [VIMCO(4), LocalDisARM(2)], ids=["vimco", "local_disarm"])
+def test_vae_improves_on_the_multi_sample_bound(estimator, digits):
+    torch.manual_seed(0)
+    model = BinaryVAE(estimator=estimator, training_objective="multi_sample", latent_sizes=(50,), lr=3e-3)
+    before, after = fit_and_measure(model, 150, digits)
+    assert after > before + 20, (before, after)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: BinaryVAE(estimator=VIMCO(2)), "VIMCO estimates the gradient of the K-sample bound"),
+    (lambda: SigmoidBeliefNet(estimator=RLOO(2), training_objective="multi_sample"),
+     "RLOO estimates the gradient of the ELBO"),
+    (lambda: BinaryVAE(estimator=LocalDisARM(2), training_objective="multi_sample", latent_sizes=(20, 10)),
+     "LocalDisARM is defined for one stochastic layer only.*use one of: VIMCO$"),
+])
+def test_an_estimator_of_another_objective_fails_at_configuration(make, message):
+    with pytest.raises(ConfigurationError, match=message):
+        make()
+
+
+def test_the_training_objective_is_saved_with_the_model():
+    model = BinaryVAE(estimator=VIMCO(3), training_objective="multi_sample", latent_sizes=(8,))
+    assert model.hparams["training_objective"] == "multi_sample"
+    assert model.hparams["estimator"]["class_path"] == "discrete_vi.estimators.multi_sample.VIMCO"
 
 
 def test_sigmoid_belief_net_improves_its_likelihood(digits):

@@ -54,6 +54,24 @@ def test_basket_logs_one_tag_per_estimator_at_the_same_steps(tmp_path, monkeypat
     assert steps["train/grad_variance"] == [2, 4]
 
 
+def test_a_multi_sample_run_logs_its_bound_and_the_default_basket_of_its_objective(tmp_path, monkeypatch):
+    """Training on the K-sample bound from the command line (LocalDisARM, K = 2: 4 evaluations of
+    f): `train/bound`, the gradient variance of that bound and a basket of its estimators."""
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["fit", *TINY, "--model.latent_sizes", "[20]", *SMALL_EVAL,
+                   "--model.training_objective", "multi_sample", "--model.estimator", "LocalDisARM",
+                   "--model.estimator.n_samples", "2",
+                   "--trainer.callbacks+=discrete_vi.callbacks.GradientVarianceMonitor",
+                   "--trainer.callbacks.every_n_steps", "2",
+                   "--trainer.callbacks+=discrete_vi.callbacks.EstimatorVarianceBasket",
+                   "--trainer.callbacks.every_n_steps", "2", "--trainer.callbacks.adapt_steps", "3"])
+    assert cli.model.training_objective == "multi_sample" and cli.trainer.global_step == 4
+    steps = steps_by_tag(only_version(tmp_path))
+    assert steps["train/bound"] == [0, 1, 2, 3] and steps["train/elbo"] == [0, 1, 2, 3]
+    assert steps["variance/VIMCO"] == steps["variance/LocalDisARM"] == steps["train/grad_variance"] == [2, 4]
+    assert "val/log_likelihood" in steps
+
+
 def test_basket_ordering_on_a_small_vae_matches_the_estimator_tests():
     """At fixed parameters of a VAE (D = 50, after a little RLOO training on the bundled digits),
     on one batch, at 2 evaluations of f: RLOO + double CV (alpha learned there) < RLOO, and

@@ -102,7 +102,8 @@ class ProgressPrinter:
             return "no logs"
         numbers = summarize(run)
         wall = numbers["wall_s"] if not math.isnan(numbers["wall_s"]) else outcome.seconds
-        return (f"train ELBO {numbers['train_elbo']:.2f}, test bound {numbers['test_bound']:.2f}, "
+        bound = "" if math.isnan(numbers["train_bound"]) else f"train bound {numbers['train_bound']:.2f}, "
+        return (f"train ELBO {numbers['train_elbo']:.2f}, {bound}test bound {numbers['test_bound']:.2f}, "
                 f"{numbers['steps_per_s']:.1f} steps/s, {format_seconds(wall)}")
 
 

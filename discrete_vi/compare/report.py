@@ -30,6 +30,7 @@ STRETCH = 0.1
 METRICS = {
     # column: (what it is, higher is better)
     "train_elbo": ("final train ELBO (nats; mean of train/elbo over the last 10% of steps)", True),
+    "train_bound": ("final train K-sample bound, runs on the multi-sample objective (nats; train/bound, same stretch)", True),
     "val_bound_best": ("best validation bound (val/log_likelihood, nats)", True),
     "val_bound_final": ("final validation bound (nats)", True),
     "test_elbo": ("test ELBO (nats)", True),
@@ -149,10 +150,12 @@ def summarize(run: RunData) -> dict[str, float]:
     """The metrics of one run (METRICS' columns); NaN where the run did not log them."""
     s = run.scalars
     elbo = s.get("train/elbo", ([], [], []))
+    bound = s.get("train/bound", ([], [], []))
     variance = s.get("train/grad_variance", ([], [], []))
     val = s.get("val/log_likelihood", ([], [], []))
     return {
         "train_elbo": tail_mean(elbo[0], elbo[1]),
+        "train_bound": tail_mean(bound[0], bound[1]),
         "val_bound_best": max(val[1]) if val[1] else math.nan,
         "val_bound_final": val[1][-1] if val[1] else math.nan,
         "test_elbo": last(s, "test/elbo"),

@@ -26,6 +26,26 @@ from discrete_vi.estimators.base import ChainObjective, Estimator, EstimatorOutp
 from discrete_vi.estimators.base import float32_arithmetic, surrogate_loss
 
 
+def antithetic_partner(uniforms: Tensor, logits: Tensor) -> Tensor:
+    """`b = 1[u > sigmoid(-phi)]`, the antithetic partner of the sample `1[u < sigmoid(phi)]` drawn
+    from the same uniforms (float32 0/1, no graph); uniforms and logits broadcast."""
+    with torch.no_grad():
+        return (uniforms > torch.sigmoid(-logits.detach().float())).float()
+
+
+def disarm_weights(logits: Tensor, b: Tensor, b_tilde: Tensor) -> Tensor:
+    """DisARM's per-unit factor `1/2 (-1)^{b~} 1[b != b~] sigmoid(|phi|) = 1/2 (b - b~) sigmoid(|phi|)`,
+    which multiplies the pair's difference of `f`."""
+    return 0.5 * (b - b_tilde) * torch.sigmoid(logits.abs())
+
+
+def pairs_at_cost(cls: type, n_evaluations: int) -> int:
+    """Antithetic pairs at `n_evaluations` evaluations of f (2 per pair); ConfigurationError if odd."""
+    if n_evaluations % 2:
+        raise ConfigurationError(f"{cls.__name__} evaluates f twice per pair: n_evaluations must be even, got {n_evaluations}")
+    return n_evaluations // 2
+
+
 def _twice(tensors: list[Tensor]) -> list[Tensor]:
     """Each tensor repeated along dim 0: `[n, ...]` -> `[2n, ...]`."""
     return [torch.cat([t, t]) for t in tensors]
@@ -46,9 +66,7 @@ class AntitheticEstimator(Estimator):
 
     @classmethod
     def at_cost(cls, n_evaluations: int, **options) -> "AntitheticEstimator":
-        if n_evaluations % 2:
-            raise ConfigurationError(f"{cls.__name__} evaluates f twice per pair: n_evaluations must be even, got {n_evaluations}")
-        return cls(n_evaluations // 2, **options)
+        return cls(pairs_at_cost(cls, n_evaluations), **options)
 
     @abc.abstractmethod
     def pair_gradient(self, f_difference: Tensor, logits: Tensor, uniforms: Tensor, b: Tensor, b_tilde: Tensor) -> Tensor:
@@ -68,7 +86,7 @@ class AntitheticEstimator(Estimator):
         antithetic = []  # per layer l: b = 1[u > sigmoid(-phi)], [n, B, D_l]
         with torch.no_grad():
             for layer in range(n_layers):
-                b = (base.uniforms[layer] > torch.sigmoid(-base_logits[layer])).float()
+                b = antithetic_partner(base.uniforms[layer], base_logits[layer])
                 antithetic.append(b)
                 pair = ChainSample(
                     logits=_twice(base_logits[: layer + 1]),
@@ -112,4 +130,4 @@ class DisARM(AntitheticEstimator):
     """
 
     def pair_gradient(self, f_difference, logits, uniforms, b, b_tilde):
-        return 0.5 * f_difference * (b - b_tilde) * torch.sigmoid(logits.abs())
+        return f_difference * disarm_weights(logits, b, b_tilde)

@@ -3,6 +3,10 @@
 Shapes: `B` examples, `D` units of a stochastic layer, `K` samples per example
 (`K = 2 * n_pairs` for the antithetic estimators). Samples are float32 tensors
 of exact 0/1 values, `[K, B, D]`; `f` maps them to `[K, B]`.
+
+Each estimator estimates the gradient of one training objective
+(`Estimator.training_objective`): the ELBO `E_q[f(b)]` (most of them) or the
+K-sample bound `E[log 1/K sum_k exp f(b_k)]` (`"multi_sample"`: VIMCO, LocalDisARM).
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ import abc
 import contextlib
 import functools
 import inspect
+import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,16 +29,25 @@ Objective = Callable[[Tensor], Tensor]
 """Single-layer objective: float samples `[K, B, D]` -> values `[K, B]`."""
 
 ChainObjective = Callable[[list[Tensor], list[Tensor]], Tensor]
-"""Chain objective: (samples `[K, B, D_l]` per layer, detached float32 logits
-`[K, B, D_l]` per layer) -> values `[K, B]`."""
+"""Chain objective: (samples `[K, B, D_l]` per layer, float32 logits `[K, B, D_l]`
+per layer: detached for ELBO estimators, with their graph for multi-sample ones,
+`Estimator.objective_logits`) -> values `[K, B]`."""
+
+TrainingObjective = Literal["elbo", "multi_sample"]
+"""What a model trains and an estimator estimates the gradient of: the ELBO `E_q[f(b)]`, or
+the K-sample bound `E[log 1/K sum_k exp f(b_k)]` (importance weighted, Burda et al. 2016)."""
+
 
 @dataclass
 class EstimatorOutput:
     """What an estimator call returns.
 
-    loss: scalar to minimise. Its value is `-mean(f)`; its gradient with
+    loss: scalar to minimise. Its value is minus the batch mean of the training
+        bound (`Estimator.training_bound`): `-mean(f)` for ELBO estimators,
+        `-mean_B log 1/K sum_k exp f(b_k)` for multi-sample ones. Its gradient with
         respect to the logits is `-g / B` and with respect to parameters used
-        inside `f` it is `-(1 / (K * B)) * sum d f / d param`.
+        inside `f` it is minus the gradient of that batch mean on these samples
+        (ELBO: `-(1 / (K * B)) * sum d f / d param`).
     f_values: `[K, B]` values of `f` on the samples (float32, detached).
     samples: the samples `f` was evaluated on, one `[K, B, D_l]` tensor per
         stochastic layer (a list of one tensor for a single layer).
@@ -108,10 +122,16 @@ def check_finite_objective(values: Tensor) -> None:
         )
 
 
-def surrogate_loss(f_values: Tensor, logits: Sequence[Tensor], gradients: Sequence[Tensor], batch_size: int) -> Tensor:
-    """Loss with value `-mean(f)`, gradient `-g_l / B` w.r.t. each `logits[l]`.
+def log_mean_exp(values: Tensor, dim: int = 0) -> Tensor:
+    """`log 1/K sum_k exp values_k` along `dim` (K its size), computed stably."""
+    return torch.logsumexp(values, dim) - math.log(values.shape[dim])
 
-    f_values: `[K, B]`, differentiable w.r.t. parameters inside `f`.
+
+def surrogate_loss(f_values: Tensor, logits: Sequence[Tensor], gradients: Sequence[Tensor], batch_size: int) -> Tensor:
+    """Loss with value `-mean(f_values)`, gradient `-g_l / B` w.r.t. each `logits[l]`.
+
+    f_values: `[K, B]` (or the per-example training bound `[B]`), differentiable
+        w.r.t. parameters inside `f`.
     logits/gradients: matching tensors (`[B, D]` or `[N, B, D]`); each
         gradient is detached float32 and is summed against its logits.
     """
@@ -123,7 +143,8 @@ def surrogate_loss(f_values: Tensor, logits: Sequence[Tensor], gradients: Sequen
 
 
 class Estimator(nn.Module, abc.ABC):
-    """An estimator of `d E_q[f(b)] / d logits` for factorised Bernoulli `q`.
+    """An estimator of `d E_q[f(b)] / d logits` for factorised Bernoulli `q` (of
+    `d E[log 1/K sum_k exp f(b_k)] / d logits` for `training_objective = "multi_sample"`).
 
     A subclass implements one method, `chain(logits, layers, f)`, for a chain
     of stochastic layers; the single-layer call `est(logits, f)` is its
@@ -142,6 +163,8 @@ class Estimator(nn.Module, abc.ABC):
     compile_refusal: str | None = None
     #: Whether the estimate is biased (straight-through and relaxations); unbiased ones are checked by enumeration.
     biased: bool = False
+    #: The objective whose gradient this estimator estimates (a model refuses an estimator of another).
+    training_objective: TrainingObjective = "elbo"
 
     @property
     def n_evaluations(self) -> int:
@@ -175,6 +198,24 @@ class Estimator(nn.Module, abc.ABC):
         """An instance that evaluates `f` `n_evaluations` times per example (default: K samples)."""
         return cls(n_evaluations, **options)
 
+    def training_bound(self, f_values: Tensor) -> Tensor:
+        """The training objective's per-example estimate `[B]` (float32; differentiable where
+        `f_values` is) from the `[n_evaluations, B]` values of `f` of one call: the mean of `f`
+        (ELBO), or `log 1/K sum_k exp f(b_k)` over the first `K = n_samples` rows, the samples
+        of the bound (multi-sample)."""
+        if self.training_objective == "elbo":
+            return f_values.float().mean(0)
+        return log_mean_exp(f_values[: self.n_samples].float())
+
+    def objective_logits(self, logits: Sequence[Tensor]) -> list[Tensor]:
+        """The float32 logits `f` receives. ELBO: detached, since the direct derivative of a log
+        weight's `-log q(b)` term, `-(b - theta)`, has mean zero and is dropped. Multi-sample:
+        with their graph, since there it does not (its mean is `-E[sum_k w_k (b_k - theta)]`,
+        `w = softmax(f)`): autograd adds the direct derivative of whatever `f` does with them."""
+        if self.training_objective == "elbo":
+            return [phi.detach().float() for phi in logits]
+        return [phi.float() for phi in logits]
+
     def forward(self, logits: Tensor, f: Objective) -> EstimatorOutput:
         """Estimate for one layer: logits `[B, D]`, `f`: samples `[K, B, D]` -> `[K, B]`."""
         return self.chain(logits, [], lambda samples, _logits: f(samples[0]))
@@ -188,7 +229,7 @@ class Estimator(nn.Module, abc.ABC):
             of layer l+1 `[K, B, D_{l+1}]` (their parameters learn through
             the estimator's gradient); empty for one layer.
         f: called once as `f(samples, logits)` with per-layer lists of
-            `[K, B, D_l]` samples and detached float32 logits; returns `[K, B]`.
+            `[K, B, D_l]` samples and float32 logits (`objective_logits`); returns `[K, B]`.
         """
 
     def check_chain(self, logits: Tensor, layers: Sequence[LogitsLayer]) -> None:
@@ -200,6 +241,7 @@ class Estimator(nn.Module, abc.ABC):
         """Raise ValueError if this estimator cannot train `n_layers` stochastic layers."""
         if n_layers > 1 and not self.supports_chains:
             chains = ", ".join(sorted(cls.__name__ for cls in _subclasses(Estimator) if cls.supports_chains
+                                      and cls.training_objective == self.training_objective
                                       and cls.__module__.startswith(__package__) and not inspect.isabstract(cls)))
             raise ConfigurationError(
                 f"{type(self).__name__} is defined for one stochastic layer only, and the model has {n_layers}; "

@@ -3,7 +3,8 @@ baseline) and REINFORCE leave-one-out (RLOO).
 
 Both weight every sample's score `b_k - theta` by one number per sample and
 example, `w_k` (`[K, B]`), so `g = sum_k w_k * (b_k - theta)`; over a chain
-every layer's score gets the same weight.
+every layer's score gets the same weight. VIMCO (`multi_sample.py`) is of the
+same family, for the K-sample bound.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from discrete_vi.estimators.base import float32_arithmetic, surrogate_loss
 
 
 class ScoreFunctionEstimator(Estimator):
-    """Shared sampling and surrogate for estimators of the form `g = sum_k w_k (b_k - theta)`."""
+    """Shared sampling and surrogate for estimators of the form `g = sum_k w_k (b_k - theta)`
+    (plus, for the multi-sample bound, the direct derivative of `f` in the logits it is given)."""
 
     supports_chains = True
 
@@ -41,12 +43,12 @@ class ScoreFunctionEstimator(Estimator):
         batch_size = logits.shape[0]
         sample = sample_chain(logits, layers, self.n_samples)
         detached = sample.detached_logits()
-        f_values = evaluate_objective(f, (self.n_samples, batch_size), sample.samples, detached)
+        f_values = evaluate_objective(f, (self.n_samples, batch_size), sample.samples, self.objective_logits(sample.logits))
         with float32_arithmetic(logits.device):
             values = f_values.detach().float()
             weights = self.sample_weights(values).unsqueeze(-1)
             gradients = [weights * (b - torch.sigmoid(smallest_view(phi))) for b, phi in zip(sample.samples, detached)]
-            loss = surrogate_loss(f_values, sample.logits, gradients, batch_size)
+            loss = surrogate_loss(self.training_bound(f_values), sample.logits, gradients, batch_size)
             if self.updates_state():
                 self.update_state(values)
         return EstimatorOutput(loss=loss, f_values=values, samples=sample.samples)

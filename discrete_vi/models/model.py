@@ -12,9 +12,12 @@ A model is a subclass that defines
   `images_for_logging(batch)` (pictures for TensorBoard).
 
 Everything else is here: the estimator call (`model.estimator`, any
-`Estimator`), the loss returned to Lightning's automatic optimization (so DDP,
-mixed precision, clipping and accumulation work as usual), logging, and the
-estimator-independent evaluation: `elbo` (mean log weight) and
+`Estimator` of the model's `training_objective`: the ELBO `E_q[f]`, or the
+K-sample bound `E[log 1/K sum_k exp f(b_k)]` with K the estimator's), the loss
+returned to Lightning's automatic optimization (so DDP, mixed precision,
+clipping and accumulation work as usual), logging (`train/elbo`, the mean of f,
+and for the multi-sample objective `train/bound`, the K-sample bound trained),
+and the estimator-independent evaluation: `elbo` (mean log weight) and
 `log_likelihood`, the S-sample bound `log 1/S sum_s exp(f_s)` (S = 100 for
 validation, 1000 for test), computed in chunks of samples sized to the cache (`eval_chunk`).
 """
@@ -35,7 +38,7 @@ from discrete_vi.bernoulli import LogitsLayer, sample_chain
 from discrete_vi.checkpoints import check_checkpoint_fits, check_class_paths, fit_estimator_state, read_checkpoint
 from discrete_vi.checks import ConfigurationError, NonFiniteObjectiveError, check_choice, check_count
 from discrete_vi.checks import check_input_size, check_positive
-from discrete_vi.estimators import RLOO, Estimator, EstimatorOutput
+from discrete_vi.estimators import RLOO, Estimator, EstimatorOutput, TrainingObjective, estimator_names
 from discrete_vi.estimators.base import deferred_finite_check
 from discrete_vi.scalars import completes_optimizer_step, write_scalars
 
@@ -45,6 +48,9 @@ EVAL_ROWS = 2048
 """Sample-rows (samples x examples) per evaluation chunk by default: a 784-pixel decoder's logits
 then take about 6 MB. On a CPU the 100-sample bound of 10,000 images took 6.1-6.7 s at 1,000-2,500
 rows against 15.5 s at 50,000 (100 samples x 500 images); on a GPU chunks are 16x larger."""
+
+OBJECTIVE_NAMES = {"elbo": "the ELBO", "multi_sample": "the K-sample bound"}
+"""How messages name each training objective."""
 
 
 class BinaryLatentModule(pl.LightningModule, abc.ABC):
@@ -65,6 +71,9 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
             first training step (tens of seconds on a CPU), then reused without recompiling.
         compile_mode: torch.compile's mode: "default", "reduce-overhead" (CUDA graphs on a GPU)
             or "max-autotune".
+        training_objective: "elbo" (train E_q[f]) or "multi_sample" (train the K-sample bound
+            log 1/K sum_k exp f(b_k), K the estimator's; needs an estimator of that objective:
+            VIMCO, LocalDisARM).
     """
 
     def __init__(
@@ -76,12 +85,15 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         eval_chunk: int | None = None,
         compile: bool = False,
         compile_mode: CompileMode = "default",
+        training_objective: TrainingObjective = "elbo",
     ):
         super().__init__()
         if estimator is None:
             estimator = RLOO(n_samples=2)
         if not isinstance(estimator, Estimator):
             raise ConfigurationError(f"estimator must be an Estimator (e.g. RLOO, DisARM), got {type(estimator).__name__}")
+        self.training_objective = check_choice("training_objective", training_objective, tuple(OBJECTIVE_NAMES))
+        check_objective(estimator, training_objective)
         self.estimator = estimator
         self.save_hyperparameters(ignore=["estimator"])
         self.hparams["estimator"] = estimator.config()
@@ -145,11 +157,15 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         first_logits, layers = self.stochastic_layers(batch)
         return self.estimator.chain(first_logits, layers, partial(self.objective, batch))
 
-    def training_loss(self, batch: Tensor) -> tuple[Tensor, Tensor]:
-        """The estimator's loss on `batch` (a scalar) and the ELBO estimate (the mean of f); what
-        `compile=True` compiles."""
+    def training_loss(self, batch: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The estimator's loss on `batch` (a scalar) and the training scalars: `train/elbo` (the
+        mean of f) and, for the multi-sample objective, `train/bound` (the batch mean of the
+        K-sample bound trained); what `compile=True` compiles."""
         out = self.estimate(batch)
-        return out.loss, out.f_values.mean()
+        scalars = {"train/elbo": out.f_values.mean()}
+        if self.training_objective != "elbo":
+            scalars["train/bound"] = self.estimator.training_bound(out.f_values).mean()
+        return out.loss, scalars
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         """The estimator's loss; no host synchronisation except on logging steps (the ELBO's
@@ -157,10 +173,10 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         if self.compile and self._compiled_loss is None:
             self._compiled_loss = torch.compile(self.training_loss, mode=self.compile_mode, dynamic=False)
         with deferred_finite_check():
-            loss, elbo = (self._compiled_loss or self.training_loss)(batch)
-        self._track_divergence(elbo)
+            loss, scalars = (self._compiled_loss or self.training_loss)(batch)
+        self._track_divergence(scalars["train/elbo"])
         state = {f"estimator/{name}": value for name, value in self.estimator.logged_state().items()}
-        self.log_training_scalars({"train/elbo": elbo, **state}, batch_idx)
+        self.log_training_scalars({**scalars, **state}, batch_idx)
         return loss
 
     def _track_divergence(self, elbo: Tensor) -> None:
@@ -318,3 +334,17 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         estimator (`checkpoints.check_checkpoint_fits`, `checkpoints.fit_estimator_state`)."""
         check_checkpoint_fits(self, checkpoint)
         fit_estimator_state(self, checkpoint)
+
+
+def check_objective(estimator: Estimator, training_objective: str) -> None:
+    """Raise ConfigurationError (one line) unless `estimator` estimates the gradient of `training_objective`."""
+    own = estimator.training_objective
+    if own == training_objective:
+        return
+    name = type(estimator).__name__
+    raise ConfigurationError(
+        f"{name} estimates the gradient of {OBJECTIVE_NAMES[own]} and the model trains on "
+        f"{OBJECTIVE_NAMES[training_objective]} (training_objective={training_objective!r}): set "
+        f"training_objective={own!r} (--model.training_objective {own}), or choose an estimator of "
+        f"{OBJECTIVE_NAMES[training_objective]}: {', '.join(estimator_names(training_objective))}"
+    )

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from discrete_vi.bernoulli import bernoulli_log_prob, sample_chain
-from discrete_vi.estimators import Estimator
+from discrete_vi.estimators import Estimator, TrainingObjective
 from discrete_vi.checks import ConfigurationError, check_sizes
 from discrete_vi.models.model import BinaryLatentModule
 
@@ -34,6 +34,8 @@ class SigmoidBeliefNet(BinaryLatentModule):
 
     Args:
         estimator: the gradient estimator (default `RLOO(n_samples=2)`).
+        training_objective: "elbo" (train E[log p(y | b)]) or "multi_sample" (train the K-sample
+            bound log 1/K sum_k p(y | b_k), K the estimator's; with VIMCO or LocalDisARM).
         input_size: pixels per whole image (784; the command line sets it from the data).
         latent_sizes: binary units per stochastic layer (`[200, 200]` as in the ARM paper).
         **kwargs: `BinaryLatentModule`'s options (lr; val_samples and test_samples: M of the M-sample
@@ -43,11 +45,12 @@ class SigmoidBeliefNet(BinaryLatentModule):
     def __init__(
         self,
         estimator: Estimator | None = None,
+        training_objective: TrainingObjective = "elbo",
         input_size: int = IMAGE_PIXELS,
         latent_sizes: tuple[int, ...] = (200, 200),
         **kwargs,
     ):
-        super().__init__(estimator=estimator, **kwargs)
+        super().__init__(estimator=estimator, training_objective=training_objective, **kwargs)
         if input_size != IMAGE_PIXELS:
             raise ConfigurationError(f"SigmoidBeliefNet splits 28x28 images: input_size must be {IMAGE_PIXELS}, got {input_size}")
         latent_sizes = check_sizes("latent_sizes", latent_sizes)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from discrete_vi.bernoulli import bernoulli_log_prob, draw_bernoulli, sample_chain
-from discrete_vi.estimators import Estimator
+from discrete_vi.estimators import Estimator, TrainingObjective
 from discrete_vi.checks import ConfigurationError, check_count, check_positive, check_range, check_sizes
 from discrete_vi.models.model import BinaryLatentModule
 from discrete_vi.models.networks import Network, check_network, make_network, output_layer
@@ -30,6 +30,8 @@ class BinaryVAE(BinaryLatentModule):
 
     Args:
         estimator: the gradient estimator (default `RLOO(n_samples=2)`).
+        training_objective: "elbo" (train E[f]) or "multi_sample" (train the K-sample bound
+            log 1/K sum_k exp f(b_k), K the estimator's; with VIMCO or LocalDisARM).
         input_size: pixels per image (the command line sets it from the data).
         latent_sizes: binary units per stochastic layer, in the order they are sampled
             (`[200]`: one layer; `[200, 200]`: two).
@@ -48,6 +50,7 @@ class BinaryVAE(BinaryLatentModule):
     def __init__(
         self,
         estimator: Estimator | None = None,
+        training_objective: TrainingObjective = "elbo",
         input_size: int = 784,
         latent_sizes: tuple[int, ...] = (200,),
         network: Network = "linear",
@@ -60,7 +63,7 @@ class BinaryVAE(BinaryLatentModule):
         init_output_bias: bool = True,
         **kwargs,
     ):
-        super().__init__(estimator=estimator, **kwargs)
+        super().__init__(estimator=estimator, training_objective=training_objective, **kwargs)
         latent_sizes = check_sizes("latent_sizes", latent_sizes)
         check_count("input_size", input_size, 1)
         check_network(network)
