@@ -9,7 +9,7 @@ import torch
 
 from discrete_vi.data import BinarizedImageDataModule
 from discrete_vi.diagnostics import logit_gradient_variance
-from discrete_vi.estimators import ARM, RLOO, DisARM, RLOODoubleCV
+from discrete_vi.estimators import ARM, RLOO, RODEO, DisARM, RLOODoubleCV
 from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.checks import ConfigurationError
 from discrete_vi.exact import all_configurations
@@ -124,6 +124,7 @@ def test_double_cv_on_two_layers_fails_at_configuration(make):
         ({"latent_sizes": ()}, "latent_sizes must be a non-empty list"),
         ({"latent_sizes": (200, 0)}, "latent_sizes must be a non-empty list"),
         ({"network": "deep"}, "network must be one of"),
+        ({"init": "xavier"}, "init must be one of 'glorot', 'pytorch'"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"prior_lr": -1.0}, "prior_lr must be >= 0"),
         ({"encoder_lr": 0.0}, "encoder_lr must be > 0"),
@@ -143,6 +144,38 @@ def test_nonlinear_vae_mirrors_its_networks():
     assert isinstance(model.encoder[0][1], torch.nn.LeakyReLU) and model.encoder[0][1].negative_slope == 0.3
     assert [tuple(p.shape) for p in model.decoder[0].parameters()][-2:] == [(784, 200), (784,)]
     assert math.isfinite(model.bounds(torch.zeros(2, 784), 3)[0].sum().item())
+
+
+def linear_maps(model) -> list[torch.nn.Linear]:
+    return [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not name.startswith("estimator")]
+
+
+@pytest.mark.parametrize("make", [lambda init: BinaryVAE(network="nonlinear", latent_sizes=(200, 100), init=init),
+                                  lambda init: SigmoidBeliefNet(latent_sizes=(200, 200), init=init)], ids=["vae", "sbn"])
+def test_glorot_init_is_the_papers_and_pytorch_init_is_torchs(make):
+    """glorot: weights U(-a, a), a = sqrt(6 / (fan_in + fan_out)) (variance a^2 / 3), zero biases;
+    pytorch: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    torch.manual_seed(0)
+    for layer in linear_maps(make("glorot")):
+        fan_out, fan_in = layer.weight.shape
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert layer.weight.abs().max() <= bound and torch.count_nonzero(layer.bias) == 0
+        # the variance of n >= 20,000 uniforms: relative standard error sqrt(0.8 / n) < 1%
+        assert layer.weight.var().item() == pytest.approx(bound**2 / 3, rel=0.05)
+    for layer in linear_maps(make("pytorch")):
+        bound = 1 / math.sqrt(layer.weight.shape[1])
+        assert layer.weight.abs().max() <= bound and layer.bias.abs().max() <= bound
+        assert torch.count_nonzero(layer.bias) == layer.bias.numel()
+        assert layer.weight.var().item() == pytest.approx(bound**2 / 3, rel=0.05)
+
+
+def test_the_models_init_leaves_the_estimators_own_networks_alone():
+    torch.manual_seed(0)
+    estimator = RODEO(2)
+    before = {name: p.detach().clone() for name, p in estimator.named_parameters()}
+    model = BinaryVAE(estimator=estimator, init="glorot")
+    assert all(torch.equal(p, before[name]) for name, p in model.estimator.named_parameters())
+    assert torch.count_nonzero(model.encoder[0].bias) == 0
 
 
 def test_checkpoints_load_across_estimators():

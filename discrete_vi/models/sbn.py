@@ -19,6 +19,7 @@ from discrete_vi.bernoulli import bernoulli_log_prob, sample_chain
 from discrete_vi.estimators import Estimator
 from discrete_vi.checks import ConfigurationError, check_sizes
 from discrete_vi.models.model import BinaryLatentModule, CompileMode
+from discrete_vi.models.networks import Init, initialise
 
 IMAGE_PIXELS = 784
 
@@ -36,6 +37,8 @@ class SigmoidBeliefNet(BinaryLatentModule):
         estimator: the gradient estimator (default `RLOO(n_samples=2)`).
         input_size: pixels per whole image (784; the command line sets it from the data).
         latent_sizes: binary units per stochastic layer (`[200, 200]` as in the ARM paper).
+        init: how the affine maps start: "glorot" (the ARM code: Glorot-uniform weights, zero biases)
+            or "pytorch" (torch.nn.Linear's default, uniform weights and biases of scale 1/sqrt(fan_in)).
         lr: Adam learning rate.
         val_samples: M of the M-sample bound at validation.
         test_samples: M of the M-sample bound at test and predict.
@@ -49,6 +52,7 @@ class SigmoidBeliefNet(BinaryLatentModule):
         estimator: Estimator | None = None,
         input_size: int = IMAGE_PIXELS,
         latent_sizes: tuple[int, ...] = (200, 200),
+        init: Init = "pytorch",
         lr: float = 1e-3,
         val_samples: int = 100,
         test_samples: int = 1000,
@@ -66,6 +70,9 @@ class SigmoidBeliefNet(BinaryLatentModule):
         sizes = [half, *latent_sizes]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         self.output = nn.Linear(latent_sizes[-1], input_size - half)
+        self.init = init
+        initialise(self.layers, init)
+        initialise(self.output, init)
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The stochastic layers' maps (the net's `q`-side: upper half -> b_1 -> b_2 ...)."""

@@ -19,7 +19,7 @@ from discrete_vi.bernoulli import bernoulli_log_prob, draw_bernoulli, sample_cha
 from discrete_vi.estimators import Estimator
 from discrete_vi.checks import ConfigurationError, check_count, check_positive, check_range, check_sizes
 from discrete_vi.models.model import BinaryLatentModule, CompileMode
-from discrete_vi.models.networks import Network, check_network, make_network, output_layer
+from discrete_vi.models.networks import Init, Network, check_init, check_network, make_network, output_layer
 
 
 class BinaryVAE(BinaryLatentModule):
@@ -35,6 +35,9 @@ class BinaryVAE(BinaryLatentModule):
             (`[200]`: one layer; `[200, 200]`: two).
         network: "linear" (one affine map between layers) or "nonlinear" (two hidden LeakyReLU(0.3) layers).
         hidden_size: width of the deterministic layers of nonlinear networks.
+        init: how the networks' affine maps start: "glorot" (the papers' code: Keras' Glorot-uniform
+            weights and zero biases) or "pytorch" (torch.nn.Linear's default, uniform weights and
+            biases of scale 1/sqrt(fan_in)).
         lr: Adam learning rate of every part without a rate of its own.
         encoder_lr: Adam learning rate of the encoder (default: lr).
         decoder_lr: Adam learning rate of the decoder (default: lr).
@@ -55,6 +58,7 @@ class BinaryVAE(BinaryLatentModule):
         latent_sizes: tuple[int, ...] = (200,),
         network: Network = "linear",
         hidden_size: int = 200,
+        init: Init = "pytorch",
         lr: float = 1e-3,
         encoder_lr: float | None = None,
         decoder_lr: float | None = None,
@@ -71,6 +75,7 @@ class BinaryVAE(BinaryLatentModule):
         latent_sizes = check_sizes("latent_sizes", latent_sizes)
         check_count("input_size", input_size, 1)
         check_network(network)
+        self.init = check_init(init)
         self.encoder_lr = check_positive("encoder_lr", encoder_lr)
         self.decoder_lr = check_positive("decoder_lr", decoder_lr)
         self.prior_lr = check_range("prior_lr", prior_lr, include_low=True, note=" (0 freezes the prior)")
@@ -79,9 +84,9 @@ class BinaryVAE(BinaryLatentModule):
         self.demean, self.init_output_bias = demean, init_output_bias
         sizes = [input_size, *latent_sizes]
         # encoder[l]: layer l (x for l = 0) -> logits of latent layer l+1.
-        self.encoder = nn.ModuleList(make_network(a, b, network, hidden_size) for a, b in zip(sizes, sizes[1:]))
+        self.encoder = nn.ModuleList(make_network(a, b, network, hidden_size, init) for a, b in zip(sizes, sizes[1:]))
         # decoder[l]: latent layer l+1 -> logits of layer l (pixels for l = 0).
-        self.decoder = nn.ModuleList(make_network(b, a, network, hidden_size) for a, b in zip(sizes, sizes[1:]))
+        self.decoder = nn.ModuleList(make_network(b, a, network, hidden_size, init) for a, b in zip(sizes, sizes[1:]))
         self.prior_logits = nn.Parameter(torch.zeros(latent_sizes[-1]))
         self.register_buffer("input_mean", torch.zeros(input_size))
         # Set once the training mean has been taken (saved in checkpoints, so a resumed or
