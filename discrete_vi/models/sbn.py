@@ -52,7 +52,7 @@ class SigmoidBeliefNet(BinaryLatentModule):
         estimator: Estimator | None = None,
         input_size: int = IMAGE_PIXELS,
         latent_sizes: tuple[int, ...] = (200, 200),
-        init: Init = "pytorch",
+        init: Init = "glorot",
         lr: float = 1e-3,
         val_samples: int = 100,
         test_samples: int = 1000,

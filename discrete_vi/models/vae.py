@@ -58,7 +58,7 @@ class BinaryVAE(BinaryLatentModule):
         latent_sizes: tuple[int, ...] = (200,),
         network: Network = "linear",
         hidden_size: int = 200,
-        init: Init = "pytorch",
+        init: Init = "glorot",
         lr: float = 1e-3,
         encoder_lr: float | None = None,
         decoder_lr: float | None = None,
