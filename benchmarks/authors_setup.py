@@ -1,8 +1,9 @@
 """Short trainings on a published setup, with and without each difference from the authors' code.
 
 The setup is RODEO's Table 1 (the authors' single-layer launcher, thjashin/rodeo): nonlinear VAE
-784-200-200-200 with LeakyReLU(0.3) (`--network linear`: 784-200, the double-CV paper's linear VAE), 200 binary latents, a fixed uniform prior (`prior_lr` 0),
-batch 100, Adam 1e-3, dynamically binarized MNIST (50,000 training images). Each run trains
+784-200-200-200 with LeakyReLU(0.3) (`--network linear`: 784-200, the double-CV paper's linear
+VAE), 200 binary latents, a fixed uniform prior (`prior_lr` 0), batch 100, Adam 1e-3,
+dynamically binarized MNIST (50,000 training images), the estimator at 2 evaluations of f. Each run trains
 `--steps` steps and reports the train ELBO the way the authors' code logs it at that step: the
 ELBO of the final parameters averaged over one pass of the (dynamically binarized) training set,
 one sample per image (their `evaluate(train_ds, max_step=500)`; the expectation is the same for

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,13 +201,6 @@ def csv_columns(runs: list) -> list[dict]:
     return rows
 
 
-def _mean_std(values: list[float]) -> tuple[float, float, int]:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return math.nan, math.nan, 0
-    return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else 0.0), len(finite)
-
-
 def _published_text(value: PublishedValue) -> str:
     return f"{value.value:.2f}" + (f" ± {value.spread:.2f}" if value.spread is not None else "")
 
@@ -216,7 +208,7 @@ def _published_text(value: PublishedValue) -> str:
 def markdown_section(runs: list) -> list[str]:
     """The lines of `report.md`'s section "Beside the published numbers" (none if no
     configuration of `runs` matches a published value)."""
-    from discrete_vi.compare.report import group, summarize
+    from discrete_vi.compare.report import _mean_std, group, summarize
 
     table_rows, tables, shorter, unlike = [], {}, set(), False
     for label, members in group(runs).items():
