@@ -95,7 +95,7 @@ def test_another_setup_matches_nothing():
 
 def test_a_test_bound_at_another_number_of_samples_is_not_like_for_like():
     match = found(fit_config("DisARM", {"n_pairs": 1}, test_samples=100))[("RODEO Table 2", "test_bound")]
-    assert not match.like_for_like and "100-sample" in match.why_not and match.published.samples == 2
+    assert not match.like_for_like and "100-sample" in match.note and match.published.samples == 2
 
 
 def test_hierarchies_match_table_5_by_their_layers():

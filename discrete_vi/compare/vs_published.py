@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from discrete_vi.compare.published import PUBLISHED, PublishedValue, Setup, Table
+from discrete_vi.compare.published import PUBLISHED, UNVERIFIED, PublishedValue, Setup, Table
 
 TRAINING_OBJECTIVE_OPTION = "training_objective"
 """The model option naming its training objective; a model without it trains on the ELBO."""
@@ -53,11 +53,12 @@ class RunSetup:
 
 @dataclass(frozen=True)
 class Match:
-    """A published value that a run matches, and whether its test bound is like for like."""
+    """A published value that a run matches: whether it compares like for like (a test bound at the
+    published number of samples), and what to say about it."""
 
     published: PublishedValue
     like_for_like: bool
-    why_not: str = ""
+    note: str = ""
 
 
 def _class_and_args(spec) -> tuple[str, dict]:
@@ -228,7 +229,7 @@ def markdown_section(runs: list) -> list[str]:
             if is_shorter(steps, value.steps):
                 shorter.add(run_steps)
                 run_steps = f"**{run_steps}**"
-            notes = "; ".join(x for x in (match.why_not, value.note, "" if value.checked == "unverified" else value.checked) if x)
+            notes = "; ".join(x for x in (match.note, value.note, "" if value.checked == UNVERIFIED else value.checked) if x)
             table_rows.append(f"| {label} | {METRIC_NAMES[value.metric]} | {ours} | {_published_text(value)} | {difference} "
                               f"| {run_steps} | {value.table.label} | {notes} |")
     if not table_rows:
