@@ -10,7 +10,7 @@ import torch
 
 from discrete_vi.data import BinarizedImageDataModule
 from discrete_vi.diagnostics import logit_gradient_variance
-from discrete_vi.estimators import ARM, NVIL, RLOO, VIMCO, DisARM, LocalDisARM, MuProp, RLOODoubleCV
+from discrete_vi.estimators import ARM, NVIL, RLOO, RODEO, VIMCO, DisARM, LocalDisARM, MuProp, RLOODoubleCV
 from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.checks import ConfigurationError
 from discrete_vi.exact import all_configurations
@@ -62,7 +62,9 @@ def test_multi_sample_bound_approaches_the_exact_log_likelihood(digits):
     """A VAE with 4 latent bits: log p(x) by enumeration; ELBO <= S-sample bound <= ~log p(x)."""
     torch.manual_seed(0)
     x = digits[:8]
-    model = BinaryVAE(latent_sizes=(4,), eval_chunk=64)
+    # torch's init: its larger decoder weights make p(b | x) far from q, so the bound improves on the ELBO
+    # (with glorot's small weights and zero biases, an untrained model's q is already close to p(b | x)).
+    model = BinaryVAE(latent_sizes=(4,), eval_chunk=64, init="pytorch")
     logits, _ = model.stochastic_layers(x)
     configs = all_configurations(4).unsqueeze(1).expand(-1, x.shape[0], -1)
     n_samples = 2000
@@ -156,6 +158,7 @@ def test_double_cv_on_two_layers_fails_at_configuration(make):
         ({"latent_sizes": (200, 0)}, "latent_sizes must be a non-empty list"),
         ({"network": "deep"}, "network must be one of"),
         ({"negative_slope": -0.1}, "negative_slope must be in"),
+        ({"init": "xavier"}, "init must be one of 'glorot', 'pytorch'"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"prior_lr": -1.0}, "prior_lr must be >= 0"),
         ({"encoder_lr": 0.0}, "encoder_lr must be > 0"),
@@ -179,6 +182,38 @@ def test_nonlinear_vae_mirrors_its_networks():
     slopes = {m.negative_slope for part in (arm_mnist.encoder, arm_mnist.decoder) for m in part.modules()
               if isinstance(m, torch.nn.LeakyReLU)}
     assert slopes == {0.1}
+
+
+def linear_maps(model) -> list[torch.nn.Linear]:
+    return [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not name.startswith("estimator")]
+
+
+@pytest.mark.parametrize("make", [lambda init: BinaryVAE(network="nonlinear", latent_sizes=(200, 100), init=init),
+                                  lambda init: SigmoidBeliefNet(latent_sizes=(200, 200), init=init)], ids=["vae", "sbn"])
+def test_glorot_init_is_the_papers_and_pytorch_init_is_torchs(make):
+    """glorot: weights U(-a, a), a = sqrt(6 / (fan_in + fan_out)) (variance a^2 / 3), zero biases;
+    pytorch: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    torch.manual_seed(0)
+    for layer in linear_maps(make("glorot")):
+        fan_out, fan_in = layer.weight.shape
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert layer.weight.abs().max() <= bound and torch.count_nonzero(layer.bias) == 0
+        # the variance of n >= 20,000 uniforms: relative standard error sqrt(0.8 / n) < 1%
+        assert layer.weight.var().item() == pytest.approx(bound**2 / 3, rel=0.05)
+    for layer in linear_maps(make("pytorch")):
+        bound = 1 / math.sqrt(layer.weight.shape[1])
+        assert layer.weight.abs().max() <= bound and layer.bias.abs().max() <= bound
+        assert torch.count_nonzero(layer.bias) == layer.bias.numel()
+        assert layer.weight.var().item() == pytest.approx(bound**2 / 3, rel=0.05)
+
+
+def test_the_models_init_leaves_the_estimators_own_networks_alone():
+    torch.manual_seed(0)
+    estimator = RODEO(2)
+    before = {name: p.detach().clone() for name, p in estimator.named_parameters()}
+    model = BinaryVAE(estimator=estimator, init="glorot")
+    assert all(torch.equal(p, before[name]) for name, p in model.estimator.named_parameters())
+    assert torch.count_nonzero(model.encoder[0].bias) == 0
 
 
 def test_checkpoints_load_across_estimators():

@@ -38,7 +38,7 @@ def binned(steps: list[int], values: list[float], edges: np.ndarray) -> np.ndarr
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-KNOWN_COLOURS = {"Reinforce": 4, "RLOODoubleCV": 2, "RLOO": 3, "DisARM": 1, "ARM": 0}
+KNOWN_COLOURS = {"Reinforce": 4, "RLOODoubleCV": 2, "RLOO": 3, "DisARM": 1, "ARM": 0, "RODEO": 5, "ARMS": 6}
 """tab10 colour of each shipped estimator, so a name has one colour in every figure (a label
 naming none takes colours from the end of the palette)."""
 
@@ -51,7 +51,7 @@ def colour_for(plt, label: str, index: int):
     for name in sorted(KNOWN_COLOURS, key=len, reverse=True):
         if name in names:
             return plt.get_cmap("tab10")(KNOWN_COLOURS[name])
-    return plt.get_cmap("tab10")((5 + index) % 10)
+    return plt.get_cmap("tab10")((7 + index) % 10)
 
 
 def _legend(ax) -> None:

@@ -21,6 +21,7 @@ from discrete_vi.runs import LOGS_FOLDER
 from discrete_vi.compare import plots
 from discrete_vi.compare.grid import short_keys, short_value
 from discrete_vi.compare.integrity import events_file_problem, read_json
+from discrete_vi.compare import vs_published
 from discrete_vi.compare.runner import DONE_FILE, RUN_FILE
 
 SEED_KEY = "seed_everything"
@@ -175,14 +176,16 @@ def grid_keys(runs: list[RunData]) -> list[str]:
 
 
 def write_results_csv(runs: list[RunData], path: Path) -> list[dict]:
-    """One row per run: name, grid values, seed, done, then METRICS' columns. Returns the rows."""
+    """One row per run: name, grid values, seed, done, METRICS' columns, then the published values
+    its configuration matches (`vs_published.csv_columns`). Returns the rows."""
     keys = [k for k in grid_keys(runs) if k != SEED_KEY]
     rows = []
-    for run in runs:
+    for run, published in zip(runs, vs_published.csv_columns(runs)):
         row = {"run": run.name, **{k: run.values.get(k, "") for k in keys}, "seed": run.seed, "done": run.done,
                "damaged": "; ".join(run.damaged)}
         row.update({k: (round(v, 4) if isinstance(v, float) and not math.isnan(v) else ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v))
                     for k, v in summarize(run).items()})
+        row.update(published)
         rows.append(row)
     with open(path, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["run"])
@@ -237,7 +240,8 @@ def markdown_table(runs: list[RunData]) -> str:
 
 
 def write_report_md(runs: list[RunData], out: Path, plots: list[Path], plot_note: str | None, header: str = "") -> Path:
-    """`report.md`: the grouped table, the columns' meaning, the plots (or how to get them)."""
+    """`report.md`: the grouped table, the columns' meaning, the published numbers the runs' configurations
+    match (`vs_published.markdown_section`), the plots (or how to get them)."""
     path = out / "report.md"
     unfinished = [r.name for r in runs if not r.done]
     parts = [f"# Comparison: {out.name}", ""]
@@ -247,6 +251,7 @@ def write_report_md(runs: list[RunData], out: Path, plots: list[Path], plot_note
               "Mean ± standard deviation over seeds (n runs per configuration); best mean per column in bold. "
               "Per run: `results.csv`.", ""]
     parts += ["| column | meaning |", "|---|---|", *(f"| {k} | {meaning} |" for k, (meaning, _) in METRICS.items()), ""]
+    parts += vs_published.markdown_section(runs)
     if unfinished:
         parts += [f"Unfinished runs (no test yet, shown with what they logged): {', '.join(unfinished)}.", ""]
     damaged = [f"- {r.name}: {problem}" for r in runs for problem in r.damaged]

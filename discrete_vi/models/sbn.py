@@ -19,6 +19,7 @@ from discrete_vi.bernoulli import bernoulli_log_prob, sample_chain
 from discrete_vi.estimators import Estimator, TrainingObjective
 from discrete_vi.checks import ConfigurationError, check_sizes
 from discrete_vi.models.model import BinaryLatentModule
+from discrete_vi.models.networks import Init, initialise
 
 IMAGE_PIXELS = 784
 
@@ -38,6 +39,8 @@ class SigmoidBeliefNet(BinaryLatentModule):
             bound log 1/K sum_k p(y | b_k), K the estimator's; with VIMCO or LocalDisARM).
         input_size: pixels per whole image (784; the command line sets it from the data).
         latent_sizes: binary units per stochastic layer (`[200, 200]` as in the ARM paper).
+        init: how the affine maps start: "glorot" (the ARM code: Glorot-uniform weights, zero biases)
+            or "pytorch" (torch.nn.Linear's default, uniform weights and biases of scale 1/sqrt(fan_in)).
         **kwargs: `BinaryLatentModule`'s options (lr; val_samples and test_samples: M of the M-sample
             bound at validation and at test; eval_chunk, compile, compile_mode).
     """
@@ -48,6 +51,7 @@ class SigmoidBeliefNet(BinaryLatentModule):
         training_objective: TrainingObjective = "elbo",
         input_size: int = IMAGE_PIXELS,
         latent_sizes: tuple[int, ...] = (200, 200),
+        init: Init = "glorot",
         **kwargs,
     ):
         super().__init__(estimator=estimator, training_objective=training_objective, **kwargs)
@@ -60,6 +64,9 @@ class SigmoidBeliefNet(BinaryLatentModule):
         sizes = [half, *latent_sizes]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         self.output = nn.Linear(latent_sizes[-1], input_size - half)
+        self.init = init
+        initialise(self.layers, init)
+        initialise(self.output, init)
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The stochastic layers' maps (the net's `q`-side: upper half -> b_1 -> b_2 ...)."""

@@ -19,7 +19,7 @@ from discrete_vi.bernoulli import bernoulli_log_prob, draw_bernoulli, sample_cha
 from discrete_vi.estimators import Estimator, TrainingObjective
 from discrete_vi.checks import ConfigurationError, check_count, check_positive, check_range, check_sizes
 from discrete_vi.models.model import BinaryLatentModule
-from discrete_vi.models.networks import Network, check_network, make_network, output_layer
+from discrete_vi.models.networks import Init, Network, check_init, check_network, make_network, output_layer
 
 
 class BinaryVAE(BinaryLatentModule):
@@ -39,6 +39,9 @@ class BinaryVAE(BinaryLatentModule):
         hidden_size: width of the deterministic layers of nonlinear networks.
         negative_slope: the LeakyReLU's slope for negative inputs in nonlinear networks (0.3 as in the
             DisARM and double-CV code; the ARM paper's MNIST code uses 0.1).
+        init: how the networks' affine maps start: "glorot" (the papers' code: Keras' Glorot-uniform
+            weights and zero biases) or "pytorch" (torch.nn.Linear's default, uniform weights and
+            biases of scale 1/sqrt(fan_in)).
         encoder_lr: Adam learning rate of the encoder (default: lr).
         decoder_lr: Adam learning rate of the decoder (default: lr).
         prior_lr: Adam learning rate of the prior's logits (default: lr); 0 freezes the prior.
@@ -56,6 +59,7 @@ class BinaryVAE(BinaryLatentModule):
         network: Network = "linear",
         hidden_size: int = 200,
         negative_slope: float = 0.3,
+        init: Init = "glorot",
         encoder_lr: float | None = None,
         decoder_lr: float | None = None,
         prior_lr: float | None = None,
@@ -68,6 +72,7 @@ class BinaryVAE(BinaryLatentModule):
         check_count("input_size", input_size, 1)
         check_network(network)
         check_range("negative_slope", negative_slope, 0.0, 1.0, include_low=True)
+        self.init = check_init(init)
         self.encoder_lr = check_positive("encoder_lr", encoder_lr)
         self.decoder_lr = check_positive("decoder_lr", decoder_lr)
         self.prior_lr = check_range("prior_lr", prior_lr, include_low=True, note=" (0 freezes the prior)")
@@ -76,9 +81,9 @@ class BinaryVAE(BinaryLatentModule):
         self.demean, self.init_output_bias = demean, init_output_bias
         sizes = [input_size, *latent_sizes]
         # encoder[l]: layer l (x for l = 0) -> logits of latent layer l+1.
-        self.encoder = nn.ModuleList(make_network(a, b, network, hidden_size, negative_slope) for a, b in zip(sizes, sizes[1:]))
+        self.encoder = nn.ModuleList(make_network(a, b, network, hidden_size, negative_slope, init) for a, b in zip(sizes, sizes[1:]))
         # decoder[l]: latent layer l+1 -> logits of layer l (pixels for l = 0).
-        self.decoder = nn.ModuleList(make_network(b, a, network, hidden_size, negative_slope) for a, b in zip(sizes, sizes[1:]))
+        self.decoder = nn.ModuleList(make_network(b, a, network, hidden_size, negative_slope, init) for a, b in zip(sizes, sizes[1:]))
         self.prior_logits = nn.Parameter(torch.zeros(latent_sizes[-1]))
         self.register_buffer("input_mean", torch.zeros(input_size))
         # Set once the training mean has been taken (saved in checkpoints, so a resumed or
