@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from discrete_vi.compare.grid import expand, parse_grid
-from discrete_vi.compare.report import find_runs, read_run, summarize, write_report
+from discrete_vi.compare.report import write_report
+from discrete_vi.compare.summary import find_runs, read_run, summarize
 from discrete_vi.compare.integrity import read_json
 from discrete_vi.compare.runner import DONE_FILE, RUN_FILE, Job, Outcome, is_done, run_local, run_ray
 from discrete_vi.console import PROG, OneLineParser, fail, user_errors_in_one_line

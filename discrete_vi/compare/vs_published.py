@@ -13,14 +13,17 @@ shorter than the published ones are flagged ("2,000 of 10^6 steps").
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from discrete_vi.checkpoints import imported_class
+from discrete_vi.checks import UserError
+from discrete_vi.estimators import Estimator
 from discrete_vi.compare.published import PUBLISHED, UNVERIFIED, PublishedValue, Setup, Table
+from discrete_vi.compare.summary import group, latest_version, mean_std, summarize
 
 TRAINING_OBJECTIVE_OPTION = "training_objective"
 """The model option naming its training objective; a model without it trains on the ELBO."""
@@ -69,19 +72,18 @@ def _class_and_args(spec) -> tuple[str, dict]:
 
 
 def estimator_evaluations(class_path: str, init_args: dict) -> int | None:
-    """The estimator's evaluations of f per example, by building it; None if that fails (a class
-    that is not importable here, or options it refuses)."""
-    module, _, name = class_path.rpartition(".")
+    """The estimator's evaluations of f per example, by building it; None if it cannot be built: a
+    class this program has not imported (a run's files never choose what is imported), or options
+    it refuses."""
+    cls = imported_class(class_path, Estimator)
     try:
-        return int(getattr(importlib.import_module(module), name)(**init_args).n_evaluations)
-    except Exception:  # any failure only means "cannot match on K"
+        return int(cls(**init_args).n_evaluations) if cls is not None else None
+    except (UserError, TypeError, ValueError):  # only means "cannot match on K"
         return None
 
 
 def run_setup(run) -> RunSetup | None:
     """The configuration of a run (`report.RunData`) from its newest `config.yaml`; None if it has none."""
-    from discrete_vi.compare.report import latest_version
-
     version = latest_version(Path(run.folder))
     path = version / "config.yaml" if version is not None else None
     if path is None or not path.is_file():
@@ -176,8 +178,6 @@ def csv_columns(runs: list) -> list[dict]:
     `vs_published_<metric>` (ours − published, nats; blank where not like for like) for every
     metric some run matches, then `published_source` and `published_steps` (ours of theirs).
     Every run gets the same columns (blank where it matches nothing); none if no run matches."""
-    from discrete_vi.compare.report import summarize
-
     found = []
     for run in runs:
         setup = run_setup(run)
@@ -209,8 +209,6 @@ def _published_text(value: PublishedValue) -> str:
 def markdown_section(runs: list) -> list[str]:
     """The lines of `report.md`'s section "Beside the published numbers" (none if no
     configuration of `runs` matches a published value)."""
-    from discrete_vi.compare.report import _mean_std, group, summarize
-
     table_rows, tables, shorter, unlike = [], {}, set(), False
     for label, members in group(runs).items():
         setups = [run_setup(run) for run in members]
@@ -221,7 +219,7 @@ def markdown_section(runs: list) -> list[str]:
         for match in matches(setups[0]):
             value = match.published
             tables[value.table.label] = value.table
-            mean, std, n = _mean_std([s[value.metric] for s in summaries])
+            mean, std, n = mean_std([s[value.metric] for s in summaries])
             ours = "–" if n == 0 else (f"{mean:.2f} ± {std:.2f} (n={n})" if n > 1 else f"{mean:.2f} (n=1)")
             difference = f"{mean - value.value:+.2f}" if match.like_for_like and n else "–"
             unlike |= not match.like_for_like
