@@ -6,40 +6,88 @@ Two problems:
   at the logits 1000 RMSprop steps of RLOO reach (as in tests/test_estimators_variance.py);
 - `vae`: a linear binary VAE 784-200 on the bundled MNIST subset, first trained
   with RLOO (K = 2) for `--pretrain-steps` steps, then frozen; the variance is
-  per example and unit over draws, for `--images` fixed training images.
+  per example and unit over draws, for `--images` fixed training images;
+- `vae2`: the same with two stochastic layers (784-200-200, `BinaryVAE`), the
+  variance of each layer's per-example logit-bias gradient (layer 1: its logits;
+  layer 2: the gradient reaching the encoder's layer-2 bias, the base chain's
+  randomness included). At E evaluations of f per example: RLOO(E) (whole
+  chains), and per layer double CV, RODEO and ARMS with K = E / 2, DisARM
+  with E / 4 pairs.
 
 Learned estimator state (double-CV alpha; RODEO alpha, beta and control network)
 is first learned at the frozen parameters with Adam (`--learn-lr`, `--learn-steps`,
 batches of 100) by descending the estimate's second moment, as in training.
 
     python benchmarks/variance.py --problem toy --evaluations 2 4
+    python benchmarks/variance.py --problem vae2 --evaluations 4
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from discrete_vi.bernoulli import bernoulli_log_prob
 from discrete_vi.data.bundled import load_mnist_subset
-from discrete_vi.estimators import ARMS, RLOO, RODEO, DisARM, RLOODoubleCV
+from discrete_vi.estimators import ARMS, RLOO, RODEO, DisARM, Estimator, RLOODoubleCV
+from discrete_vi.models import BinaryVAE
 from discrete_vi.toy import quadratic_problem, train_toy
 
 
-def toy_problem():
-    """(logits [1, D], f, training batches) for the quadratic toy."""
+@dataclass
+class Problem:
+    """A frozen objective to measure estimators on.
+
+    inputs: n -> a batch of n training inputs (for learning the estimators' state).
+    fixed: the inputs `[I, ...]` the variance is measured at.
+    run: (estimator, inputs `[B, ...]`) -> (the estimator's loss, `sources`): per stochastic layer
+        a list of tensors `[..., B, D_l]` whose gradients, summed over their leading dimensions and
+        times `-B`, are the per-example estimates of `d E[f] / d` (that layer's logit bias).
+    n_layers: stochastic layers.
+    """
+
+    inputs: Callable[[int], Tensor]
+    fixed: Tensor
+    run: Callable[[Estimator, Tensor], tuple[Tensor, list[list[Tensor]]]]
+    n_layers: int = 1
+
+
+def single_layer_run(logits_of: Callable[[Tensor], Tensor], f_of: Callable[[Tensor], Callable]):
+    """`Problem.run` for one layer: the logits as a leaf, the estimate `-B * d loss / d logits`."""
+
+    def run(estimator, x):
+        leaf = logits_of(x).detach().clone().requires_grad_(True)
+        return estimator(leaf, f_of(x)).loss, [[leaf]]
+
+    return run
+
+
+def toy_problem() -> Problem:
+    """The quadratic toy at the logits 1000 RMSprop steps of RLOO reach."""
     problem = quadratic_problem()
-    logits = train_toy(problem, RLOO(2), steps=1000, measure_every=10**9, n_draws=2, seed=0).final_logits
-    return logits.unsqueeze(0), (lambda x: problem.objective()), None
+    logits = train_toy(problem, RLOO(2), steps=1000, measure_every=10**9, n_draws=2, seed=0).final_logits.unsqueeze(0)
+    f = problem.objective()
+    return Problem(lambda n: logits.expand(n, -1), logits, single_layer_run(lambda x: x, lambda x: f))
 
 
-def vae_problem(pretrain_steps: int, latent: int = 200, batch: int = 100):
-    """A linear VAE trained briefly with RLOO: (encoder, f-maker, training images)."""
-    torch.manual_seed(0)
+def training_images(n_images: int) -> tuple[Tensor, Callable[[int], Tensor], Tensor]:
+    """The bundled MNIST subset's training images in [0, 1], a sampler of dynamically binarized
+    batches, and `n_images` fixed binarized images (seed 0)."""
     images = torch.from_numpy(load_mnist_subset()["train"]).float() / 255
+    sample = lambda n: torch.bernoulli(images[torch.randint(0, len(images), (n,))])  # noqa: E731
+    return images, sample, torch.bernoulli(images[:n_images], generator=torch.Generator().manual_seed(0))
+
+
+def vae_problem(pretrain_steps: int, n_images: int, latent: int = 200, batch: int = 100) -> Problem:
+    """A linear VAE 784-200 trained briefly with RLOO (K = 2), then frozen."""
+    torch.manual_seed(0)
+    _, sample, fixed = training_images(n_images)
     encoder, decoder = nn.Linear(784, latent), nn.Linear(latent, 784)
     prior = nn.Parameter(torch.zeros(latent))
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters(), prior], lr=1e-3)
@@ -55,47 +103,101 @@ def vae_problem(pretrain_steps: int, latent: int = 200, batch: int = 100):
 
     estimator = RLOO(2)
     for _ in range(pretrain_steps):
-        x = torch.bernoulli(images[torch.randint(0, len(images), (batch,))])
+        x = sample(batch)
         optimizer.zero_grad()
         estimator(encoder(x), objective(x)).loss.backward()
         optimizer.step()
     for p in [*encoder.parameters(), *decoder.parameters(), prior]:
         p.requires_grad_(False)
-    return encoder, objective, images
+    return Problem(sample, fixed, single_layer_run(encoder, objective))
 
 
-def learn_state(estimator, inputs, make_f, encoder, steps: int, lr: float, batch: int = 100) -> None:
+def vae2_problem(pretrain_steps: int, n_images: int, batch: int = 100) -> Problem:
+    """A two-layer linear `BinaryVAE` 784-200-200 trained briefly with RLOO (K = 2), then frozen.
+    The estimates are per example for each layer's logit bias: layer 1's logits, and the sum over
+    an estimator's chains of its gradient at the layer-2 logits that carry a graph (K whole chains
+    for RLOO, the base chains for the per-layer schemes)."""
+    torch.manual_seed(0)
+    _, sample, fixed = training_images(n_images)
+    model = BinaryVAE(estimator=RLOO(2), latent_sizes=(200, 200))
+    model_params = [p for n, p in model.named_parameters() if not n.startswith("estimator.")]
+    optimizer = torch.optim.Adam(model_params, lr=1e-3)
+    for _ in range(pretrain_steps):
+        optimizer.zero_grad()
+        model.training_loss(sample(batch))[0].backward()
+        optimizer.step()
+    for p in model_params:
+        p.requires_grad_(False)
+
+    def run(estimator, x):
+        first_logits, (layer,) = model.stochastic_layers(x)
+        leaf = first_logits.detach().requires_grad_(True)
+        captured = []
+
+        def keeping(b):  # the layer-2 logits of the calls that carry a graph (not the completions)
+            phi = layer(b)
+            if torch.is_grad_enabled():
+                phi = phi.detach().requires_grad_(True)
+                captured.append(phi)
+            return phi
+
+        return estimator.chain(leaf, [keeping], partial(model.objective, x)).loss, [[leaf], captured]
+
+    return Problem(sample, fixed, run, n_layers=2)
+
+
+def learn_state(estimator: Estimator, problem: Problem, steps: int, lr: float, batch: int = 100) -> None:
     """Adam on the estimator's own parameters (the second moment of its estimate), model frozen."""
+    estimator.prepare_layers(problem.n_layers)
     params = list(estimator.parameters())
     if not params:
         return
     optimizer = torch.optim.Adam(params, lr=lr)
     for _ in range(steps):
-        x = inputs(batch)
-        logits = (encoder(x) if encoder is not None else x).clone().requires_grad_(True)
+        loss, _ = problem.run(estimator, problem.inputs(batch))
         optimizer.zero_grad()
-        estimator(logits, make_f(x)).loss.backward()
+        loss.backward()
         optimizer.step()
 
 
-def measure(estimator, x, make_f, encoder, draws: int, chunk: int) -> float:
-    """Mean over examples and units of the variance over `draws` estimates of the logit gradient."""
+def measure(estimator: Estimator, problem: Problem, draws: int, chunk: int) -> list[float]:
+    """Per layer: the mean over the fixed inputs and units of the variance over `draws` estimates."""
     estimator.eval()
-    estimates = []
+    per_layer = [[] for _ in range(problem.n_layers)]
     torch.manual_seed(1)
+    n_inputs = problem.fixed.shape[0]
     for _ in range(draws // chunk):
-        repeated = x.repeat_interleave(chunk, 0)
-        logits = (encoder(repeated) if encoder is not None else repeated).clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(estimator(logits, make_f(repeated)).loss, logits)
-        estimates.append((-grad * logits.shape[0]).view(x.shape[0], chunk, -1))
+        repeated = problem.fixed.repeat_interleave(chunk, 0)
+        loss, sources = problem.run(estimator, repeated)
+        flat = [t for layer in sources for t in layer]
+        grads = iter(torch.autograd.grad(loss, flat))
+        for layer, tensors in enumerate(sources):
+            estimate = -repeated.shape[0] * sum(next(grads).reshape(-1, *t.shape[-2:]).sum(0) for t in tensors)
+            per_layer[layer].append(estimate.view(n_inputs, chunk, -1))
     estimator.train()
-    return torch.cat(estimates, 1).var(1).mean().item()
+    return [torch.cat(parts, 1).var(1).mean().item() for parts in per_layer]
+
+
+def estimators_at_cost(evaluations: int, n_layers: int, expansions: str) -> dict[str, Estimator]:
+    """The compared estimators at `evaluations` evaluations of f per example and step: RLOO draws
+    whole chains (K = evaluations); the per-layer schemes evaluate K per layer (2 per pair)."""
+    k, remainder = divmod(evaluations, n_layers)
+    if remainder or k % 2:
+        raise SystemExit(f"--evaluations must be multiples of {2 * n_layers} for {n_layers} layers, got {evaluations}")
+    return {
+        "RLOO": RLOO(evaluations),
+        "RLOODoubleCV": RLOODoubleCV(k),
+        "RODEO": RODEO(k, expansions=expansions),
+        "ARMS": ARMS(k),
+        "DisARM": DisARM(k // 2),
+    }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--problem", choices=["toy", "vae"], default="toy")
-    parser.add_argument("--evaluations", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--problem", choices=["toy", "vae", "vae2"], default="toy")
+    parser.add_argument("--evaluations", type=int, nargs="+", default=None,
+                        help="evaluations of f per example and step (default: 2 4; vae2: 4 8)")
     parser.add_argument("--learn-steps", type=int, default=1000)
     parser.add_argument("--learn-lr", type=float, default=0.1)
     parser.add_argument("--pretrain-steps", type=int, default=300)
@@ -106,38 +208,29 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", default=None, help="estimator names to run (default: all)")
     args = parser.parse_args(argv)
     if args.problem == "toy":
-        logits, make_f, images = toy_problem()
-        encoder, x = None, logits
-        inputs = lambda n: logits.expand(n, -1)  # noqa: E731
+        problem = toy_problem()
+    elif args.problem == "vae":
+        problem = vae_problem(args.pretrain_steps, args.images)
     else:
-        encoder, make_f, images = vae_problem(args.pretrain_steps)
-        x = torch.bernoulli(images[: args.images], generator=torch.Generator().manual_seed(0))
-        inputs = lambda n: torch.bernoulli(images[torch.randint(0, len(images), (n,))])  # noqa: E731
+        problem = vae2_problem(args.pretrain_steps, args.images)
+    evaluations = args.evaluations or ([4, 8] if problem.n_layers > 1 else [2, 4])
     print(f"problem={args.problem} draws={args.draws} learn: {args.learn_steps} Adam steps at lr {args.learn_lr}")
-    print(f"{'estimator':<14}{'f evals':>8}{'variance':>14}{'vs RLOO':>9}  learned")
-    for k in args.evaluations:
-        estimators = {
-            "RLOO": RLOO(k),
-            "RLOODoubleCV": RLOODoubleCV(k),
-            "RODEO": RODEO(k, expansions=args.rodeo_expansions),
-            "ARMS": ARMS(k),
-            "DisARM": DisARM(k // 2),
-        }
+    layers = "".join(f"{f'var layer {l + 1}':>14}{'vs RLOO':>9}" for l in range(problem.n_layers))
+    print(f"{'estimator':<14}{'K':>3}{'f evals':>8}{layers}  learned")
+    for total in evaluations:
         rloo = None
-        for name, estimator in estimators.items():
+        for name, estimator in estimators_at_cost(total, problem.n_layers, args.rodeo_expansions).items():
             if args.only and name not in args.only and name != "RLOO":
                 continue
             torch.manual_seed(2)
             start = time.perf_counter()
-            learn_state(estimator, inputs, make_f, encoder, args.learn_steps, args.learn_lr)
-            variance = measure(estimator, x, make_f, encoder, args.draws, args.chunk)
-            rloo = variance if name == "RLOO" else rloo
+            learn_state(estimator, problem, args.learn_steps, args.learn_lr)
+            variances = measure(estimator, problem, args.draws, args.chunk)
+            rloo = variances if name == "RLOO" else rloo
+            columns = "".join(f"{v:>14.4e}{v / r:>8.3f}x" for v, r in zip(variances, rloo))
             state = {n: round(v.item(), 4) for n, v in estimator.logged_state().items()}
-            print(
-                f"{name:<14}{k:>8}{variance:>14.4e}{variance / rloo:>8.3f}x  {state or ''}"
-                f" ({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
+            k = getattr(estimator, "n_samples", None) or getattr(estimator, "n_pairs")
+            print(f"{name:<14}{k:>3}{total:>8}{columns}  {state or ''} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ class RLOODoubleCV(LinkedEstimator):
 
     Args:
         n_samples: K >= 2 samples per example (per layer for chains).
-        alpha_lr: Adam learning rate of the learned coefficients alpha, one per stochastic layer
+        alpha_lr: Adam learning rate of the learned coefficient alpha, one per stochastic layer
             (the paper's code: 1e-3); exposed as `lr`.
     """
 
