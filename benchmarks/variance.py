@@ -229,7 +229,7 @@ def main(argv=None):
             rloo = variances if name == "RLOO" else rloo
             columns = "".join(f"{v:>14.4e}{v / r:>8.3f}x" for v, r in zip(variances, rloo))
             state = {n: round(v.item(), 4) for n, v in estimator.logged_state().items()}
-            k = getattr(estimator, "n_samples", None) or getattr(estimator, "n_pairs")
+            k = getattr(estimator, "n_samples", None) or estimator.n_pairs
             print(f"{name:<14}{k:>3}{total:>8}{columns}  {state or ''} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
