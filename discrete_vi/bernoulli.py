@@ -137,3 +137,34 @@ def check_layer_logits(phi, previous: Tensor, layer_number: int) -> None:
 def sample_chain(first_logits: Tensor, layers: Sequence[LogitsLayer], n_samples: int) -> ChainSample:
     """`n_samples` independent chains from first-layer logits `[B, D_1]`: samples `[n_samples, B, D_l]` per layer."""
     return complete_chain(ChainSample(logits=[first_logits.expand(n_samples, *first_logits.shape)]), layers)
+
+
+def local_branches(base: ChainSample, layers: Sequence[LogitsLayer], draw: Callable[[int], Tensor]) -> ChainSample:
+    """The rows of the per-layer ("local") chain estimators (ARMS here; double CV and RODEO as in
+    the RODEO authors' code), stacked for one call of `f`.
+
+    base: one chain `[1, B, D_l]`: logits of every layer, samples of every layer but possibly the last.
+    draw: layer index `l` -> that layer's `K` samples `[K, B, D_l]`, drawn from `base`'s layer-l
+        logits; called for l = 0, 1, ... in turn, each call before that layer's completion is drawn.
+    For each layer `l`, `K` rows keep `base`'s samples above `l`, take `draw(l)` at `l`, and complete
+    the layers below with independent draws (each row from its own layer-l sample). Returns the
+    `L * K` rows layer-major (rows `l K .. (l + 1) K - 1` are layer l's), detached float32 samples
+    and logits `[L K, B, D_m]`; the first layer's logits, the same for every row, are `base`'s
+    expanded (no copy). No autograd graph.
+    """
+    n_layers = len(layers) + 1
+    detached = base.detached_logits()
+    blocks = []
+    with torch.no_grad():
+        for layer in range(n_layers):
+            drawn = draw(layer)
+            k = drawn.shape[0]
+            start = ChainSample(
+                logits=[phi.expand(k, -1, -1) for phi in detached[: layer + 1]],
+                samples=[b.expand(k, -1, -1) for b in base.samples[:layer]] + [drawn],
+            )
+            blocks.append(complete_chain(start, layers))
+    samples = [torch.cat([block.samples[m] for block in blocks]) for m in range(n_layers)]
+    logits = [detached[0].expand(samples[0].shape[0], -1, -1)]
+    logits += [torch.cat([block.logits[m] for block in blocks]).float() for m in range(1, n_layers)]
+    return ChainSample(logits=logits, samples=samples)

@@ -176,6 +176,7 @@ class EstimatorVarianceBasket(pl.Callback):
                 continue
             candidate = made[label]
             same = type(candidate) is type(own) and candidate.config() == own.config()
+            candidate.prepare_layers(pl_module.n_stochastic_layers)  # per-layer state before its optimizer
             basket[label] = own if same else candidate.to(pl_module.device)
             params = list(candidate.parameters())
             if not same and params:

@@ -27,15 +27,26 @@ def exact_single() -> dict[str, torch.Tensor]:
     return dict(zip(["logits", "w", "v", "c"], grads))
 
 
-@pytest.fixture(scope="session")
-def exact_chain() -> dict[str, torch.Tensor]:
-    """Exact gradients of the two-layer chain w.r.t. the first logits and every parameter."""
+def exact_chain_gradients(n_layers: int) -> dict[str, torch.Tensor]:
+    """Exact gradients of the chain problem w.r.t. the first logits and every parameter."""
     logits = CHAIN_LOGITS.clone().requires_grad_(True)
-    params = chain_params(1)
+    params = chain_params(1, n_layers)
     layers, f = chain_model(params)
     objective = exact_chain_objective(logits, layers, f).sum()
     names = ["logits", *(n for n, _ in params.named_parameters())]
     return dict(zip(names, torch.autograd.grad(objective, [logits, *params.parameters()])))
+
+
+@pytest.fixture(scope="session")
+def exact_chain() -> dict[str, torch.Tensor]:
+    """Exact gradients of the two-layer chain w.r.t. the first logits and every parameter."""
+    return exact_chain_gradients(2)
+
+
+@pytest.fixture(scope="session")
+def exact_chain3() -> dict[str, torch.Tensor]:
+    """Exact gradients of the three-layer chain (9 bits) w.r.t. the first logits and every parameter."""
+    return exact_chain_gradients(3)
 
 
 @pytest.fixture(scope="session")

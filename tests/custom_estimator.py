@@ -1,5 +1,6 @@
-"""An estimator defined outside the package, as the README shows: REINFORCE with a
-fixed baseline, written as a small subclass of ScoreFunctionEstimator."""
+"""Estimators defined outside the package, as the README shows: REINFORCE with a fixed or a
+learned baseline, written as small subclasses of ScoreFunctionEstimator, and one that declares
+itself for one stochastic layer only."""
 
 import torch
 from torch import Tensor, nn
@@ -34,3 +35,10 @@ class LearnedBaselineReinforce(ScoreFunctionEstimator):
         fit = (out.f_values.mean() - self.baseline) ** 2
         out.loss = out.loss + fit - fit.detach()  # value unchanged, gradient for the baseline
         return out
+
+
+class OneLayerReinforce(FixedBaselineReinforce):
+    """REINFORCE with a fixed baseline that declares itself for one stochastic layer only
+    (`supports_chains = False`): models with several layers refuse it at configuration."""
+
+    supports_chains = False

@@ -99,13 +99,16 @@ class EstimatorCase:
     cost: int
     build: Callable[[], Estimator]
 
-    def make(self) -> Estimator:
-        """A fresh instance, learned state randomised (the same for every call: networks are
-        initialised from a seed of their own, the caller's random stream left as it was)."""
+    def make(self, n_layers: int = 1) -> Estimator:
+        """A fresh instance prepared for `n_layers` stochastic layers, learned state (every layer's)
+        randomised (the same for every call: networks are initialised from a seed of their own,
+        the caller's random stream left as it was)."""
         seed = zlib.crc32(self.id.encode())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return randomised(self.build(), seed)
+            estimator = self.build()
+            estimator.prepare_layers(n_layers)
+            return randomised(estimator, seed)
 
     @property
     def cls(self) -> type[Estimator]:
@@ -254,42 +257,58 @@ def estimated(case: EstimatorCase, estimator: Estimator) -> dict[str, Tensor]:
     return estimated_multi_sample(estimator, chunks=case.chunks)
 
 
-def chain_params(replicas: int) -> PerExampleParams:
+def chain_params(replicas: int, n_layers: int = 2) -> PerExampleParams:
+    """Parameters of the chain problem with `n_layers` layers of 3 units (2 or 3: at most 9 bits).
+    The two-layer problem's are drawn first, so they are the same in both."""
     g = torch.Generator().manual_seed(2)
     base = {
-        "layer_weight": torch.randn(3, 3, 3, generator=g),  # [example, in, out]
+        "layer_weight": torch.randn(3, 3, 3, generator=g),  # [example, in, out]: layer 1 -> logits of layer 2
         "layer_bias": torch.randn(3, 3, generator=g),
         "w1": torch.randn(3, 3, generator=g),
         "w2": torch.randn(3, 3, generator=g),
         "c": torch.randn(3, generator=g),
     }
+    for layer in range(3, n_layers + 1):
+        base[f"layer{layer - 1}_weight"] = torch.randn(3, 3, 3, generator=g)  # layer l-1 -> logits of layer l
+        base[f"layer{layer - 1}_bias"] = torch.randn(3, 3, generator=g)
+        base[f"w{layer}"] = torch.randn(3, 3, generator=g)
     return PerExampleParams(base, replicas)
 
 
 def chain_model(p: PerExampleParams):
-    """Layer 2 logits from b_1 and f(b_1, b_2), which also uses the detached logits the way a
-    VAE's -log q term does."""
+    """Each later layer's logits an affine map of the layer above, and
+    f(b_1..b_L) = sin(2 s) + s^2 / 2 - sum_{l >= 2} log q(b_l | b_{l-1}),  s = sum_l <b_l, w_l> + c,
+    which uses the detached logits the way a VAE's -log q terms do."""
+    n_layers = sum(1 for name, _ in p.named_parameters() if name.startswith("w"))
+    maps = [(p.layer_weight, p.layer_bias)] + [
+        (getattr(p, f"layer{l - 1}_weight"), getattr(p, f"layer{l - 1}_bias")) for l in range(3, n_layers + 1)
+    ]
 
-    def layer(b1):
-        return torch.einsum("kmi,mij->kmj", b1, p.layer_weight) + p.layer_bias
+    def affine(weight, bias):
+        return lambda b: torch.einsum("kmi,mij->kmj", b, weight) + bias
 
     def f(samples, logits):
-        b1, b2 = samples
-        joint = (b1 * p.w1).sum(-1) + (b2 * p.w2).sum(-1) + p.c
-        return torch.sin(2 * joint) + 0.5 * joint**2 - bernoulli_log_prob(b2, logits[1])
+        joint = sum((b * getattr(p, f"w{l + 1}")).sum(-1) for l, b in enumerate(samples)) + p.c
+        log_q = sum(bernoulli_log_prob(b, phi) for b, phi in zip(samples[1:], logits[1:]))
+        return torch.sin(2 * joint) + 0.5 * joint**2 - log_q
 
-    return [layer], f
+    return [affine(weight, bias) for weight, bias in maps], f
 
 
-def estimated_chain(estimator: Estimator):
-    """The call's output and per-replica estimates [N, 3, ...] for the two-layer chain."""
-    logits = CHAIN_LOGITS.repeat(N_REPLICAS, 1).requires_grad_(True)
-    params = chain_params(N_REPLICAS)
-    layers, f = chain_model(params)
-    out = estimator.chain(logits, layers, f)
-    out.loss.backward()
-    grads = {"logits": logits.grad, **{n: p.grad for n, p in params.named_parameters()}}
-    return out, {name: (-logits.shape[0] * g).view(N_REPLICAS, 3, *g.shape[1:]) for name, g in grads.items()}
+def estimated_chain(estimator: Estimator, n_layers: int = 2, chunks: int = 1):
+    """The last call's output and per-replica estimates [N, 3, ...] for the chain problem, from
+    `chunks` batched calls (to bound memory)."""
+    replicas = N_REPLICAS // chunks
+    parts = []
+    for _ in range(chunks):
+        logits = CHAIN_LOGITS.repeat(replicas, 1).requires_grad_(True)
+        params = chain_params(replicas, n_layers)
+        layers, f = chain_model(params)
+        out = estimator.chain(logits, layers, f)
+        out.loss.backward()
+        grads = {"logits": logits.grad, **{n: p.grad for n, p in params.named_parameters()}}
+        parts.append({name: (-logits.shape[0] * g).view(replicas, 3, *g.shape[1:]) for name, g in grads.items()})
+    return out, {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
 
 @functools.lru_cache(maxsize=None)

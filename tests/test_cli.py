@@ -52,6 +52,19 @@ def test_a_user_defined_model_trains_by_class_path_with_each_estimator(case, tmp
     assert all(math.isfinite(v) for v in logged["train/elbo"]) and len(logged["train/elbo"]) == 4
 
 
+@pytest.mark.parametrize("estimator", ["RLOODoubleCV", "RODEO"])
+def test_double_cv_and_rodeo_train_a_two_layer_vae_and_log_each_layers_state(estimator, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["fit", *TINY, "--model", "BinaryVAE", "--model.latent_sizes", "[20, 10]", *SMALL_EVAL,
+                   "--model.estimator", estimator])
+    assert cli.trainer.global_step == 4
+    logged = scalars(only_version(tmp_path))
+    for state in ("alpha", "layer2/alpha"):
+        values = logged[f"estimator/{state}"]
+        assert len(values) == 4 and values[-1] != 0.0, (state, values)  # learned from step 1 on
+    assert all(math.isfinite(v) for v in logged["train/elbo"] + logged["val/log_likelihood"])
+
+
 def test_sigmoid_belief_net_reports_test_nll(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = [*TINY, "--model", "SigmoidBeliefNet", "--model.latent_sizes", "[20, 20]", *SMALL_EVAL,
@@ -90,8 +103,8 @@ def test_print_config_shows_the_estimator(capsys):
         (["--model", "BinaryVAE", "--data.dataset", "cifar"], "dataset"),
         (["--model", "BinaryVAE", "--data.batch_size", "many"], "batch_size"),
         (["--model", "BinaryVAE", "--model.estimator", "RLOO", "--model.estimator.n_samples", "1"], "n_samples must be >= 2"),
-        (["--model", "BinaryVAE", "--model.latent_sizes", "[200, 200]", "--model.estimator", "RLOODoubleCV"],
-         "one stochastic layer"),
+        (["--model", "BinaryVAE", "--model.latent_sizes", "[200, 200]",
+          "--model.estimator", "custom_estimator.OneLayerReinforce"], "one stochastic layer"),
         (["--model", "BinaryVAE", "--model.input_size", "500"], "input_size"),
         (["--model", "NoSuchModel"], "NoSuchModel"),
     ],

@@ -17,13 +17,14 @@ def smallest_cost(estimator_name: str) -> int:
     return next(case.cost for case in ONE_PER_ESTIMATOR if case.name == estimator_name)
 
 
-def train_a_few_steps(estimator_name: str, compile: bool, batch: torch.Tensor, steps: int = 3):
+def train_a_few_steps(estimator_name: str, compile: bool, batch: torch.Tensor, steps: int = 3,
+                      latent_sizes: tuple[int, ...] = (8,)):
     """`steps` SGD steps of a small VAE; returns the per-step losses and the final parameters.
     SGD, not Adam: Adam's first steps amplify rounding differences of near-zero gradients."""
     torch.manual_seed(0)
     cls = ESTIMATORS[estimator_name]
     model = BinaryVAE(estimator=cls.at_cost(smallest_cost(estimator_name)), training_objective=cls.training_objective,
-                      latent_sizes=(8,), compile=compile)
+                      latent_sizes=latent_sizes, compile=compile)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     torch.manual_seed(1)
     losses = []
@@ -45,11 +46,11 @@ def same_random_draws():
     torch._dynamo.reset()
 
 
-def check_compiled_matches_eager(estimator_name: str):
+def check_compiled_matches_eager(estimator_name: str, latent_sizes: tuple[int, ...] = (8,)):
     batch = (torch.rand(20, 784, generator=torch.Generator().manual_seed(3)) < 0.2).float()
-    eager_losses, eager_params = train_a_few_steps(estimator_name, False, batch)
+    eager_losses, eager_params = train_a_few_steps(estimator_name, False, batch, latent_sizes=latent_sizes)
     with torch._dynamo.config.patch(error_on_recompile=True):  # compiled once, reused every step
-        compiled_losses, compiled_params = train_a_few_steps(estimator_name, True, batch)
+        compiled_losses, compiled_params = train_a_few_steps(estimator_name, True, batch, latent_sizes=latent_sizes)
     torch.testing.assert_close(torch.stack(compiled_losses), torch.stack(eager_losses), rtol=1e-4, atol=1e-3)
     for name, value in eager_params.items():
         torch.testing.assert_close(compiled_params[name], value, rtol=1e-4, atol=1e-5, msg=name)
@@ -69,6 +70,12 @@ def test_every_estimator_compiles_and_matches_eager(estimator_name, same_random_
                       training_objective=ESTIMATORS[estimator_name].training_objective)
         return
     check_compiled_matches_eager(estimator_name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator_name", ["RLOODoubleCV", "RODEO"])
+def test_double_cv_and_rodeo_compile_on_two_layers(estimator_name, same_random_draws):
+    check_compiled_matches_eager(estimator_name, latent_sizes=(8, 6))
 
 
 def test_compiled_fit_from_the_command_line(tmp_path, monkeypatch):

@@ -54,19 +54,25 @@ def test_single_layer_estimates_are_unbiased(case, exact_for):
         assert p.grad is not None and torch.isfinite(p.grad).all(), f"{case.id}: {n} got no gradient in training mode"
 
 
-@pytest.mark.parametrize("case", CHAIN_CASES, ids=case_ids(CHAIN_CASES))
+# RODEO's control network (100 hidden units) on K (K-1) pairs per layer makes its chain cases at
+# K >= 4 take 25-70 s each on one CPU thread (measured): slow. K = 2, 3 run by default, and
+# tests/test_estimators_chains.py checks RODEO on two and three layers.
+CHAIN_PARAMS = [pytest.param(case, marks=pytest.mark.slow) if case.name == "RODEO" and case.cost >= 4 else case
+                for case in CHAIN_CASES]
+
+
+@pytest.mark.parametrize("case", CHAIN_PARAMS, ids=case_ids(CHAIN_CASES))
 def test_chain_estimates_are_unbiased(case, exact_for):
     torch.manual_seed(zlib.crc32(case.id.encode()))
-    estimator = case.make()
-    out, estimates = estimated_chain(estimator)
-    assert out.f_values.shape[1] == 3 * N_REPLICAS and out.f_values.shape[0] % drawn_samples(estimator) == 0
+    estimator = case.make(n_layers=2)
+    out, estimates = estimated_chain(estimator, chunks=case.cost)
+    assert out.f_values.shape[1] == 3 * (N_REPLICAS // case.cost) and out.f_values.shape[0] % drawn_samples(estimator) == 0
     for name, exact in exact_for(case, chain=True).items():
         z = max_z(estimates[name], exact)
         assert z < Z_THRESHOLD, f"{case.id}: chain gradient w.r.t. {name} is off by {z:.1f} standard errors"
 
 
-@pytest.mark.parametrize("make", [lambda: RLOODoubleCV(2), lambda: RODEO(2), lambda: LocalDisARM(2)],
-                         ids=["RLOODoubleCV", "RODEO", "LocalDisARM"])
+@pytest.mark.parametrize("make", [lambda: LocalDisARM(2)], ids=["LocalDisARM"])
 def test_single_layer_estimators_refuse_chains(make):
     layers, f = chain_model(chain_params(1))
     with pytest.raises(ValueError, match="one stochastic layer"):
@@ -96,16 +102,17 @@ class UncorrectedRODEO(RODEO):
     """Deliberately wrong: the vector control r_k(b_k) (b_k - theta) without the Stein operator,
     i.e. a control variate whose expectation is not subtracted."""
 
-    def estimate(self, f_values, samples, logits, grads):
+    def estimate(self, f_values, samples, logits, grads, layer=0):
+        state = self.layer_state(layer)
         n_samples = samples.shape[0]
-        c, _ = stein_controls(f_values, samples, logits, grads, self.network)
+        c, _ = stein_controls(f_values, samples, logits, grads, state.network)
         scores = samples - torch.sigmoid(logits)
         k, j = other_sample_pairs(n_samples, n_samples - 1, samples.device)
         centre = (grads[j] * (samples[k] - samples[j])).sum(-1, keepdim=True)  # t_kj(b_k)
-        r_centre = self.network(centre, f_values[j])[..., 0, 1].view(n_samples, n_samples - 1, -1).mean(1)
-        shifted = f_values + self.alpha * c
+        r_centre = state.network(centre, f_values[j])[..., 0, 1].view(n_samples, n_samples - 1, -1).mean(1)
+        shifted = f_values + state.alpha * c
         baseline = (shifted.sum(0, keepdim=True) - shifted) / (n_samples - 1)
-        return ((f_values - baseline).unsqueeze(-1) * scores + self.beta * r_centre.unsqueeze(-1) * scores).mean(0)
+        return ((f_values - baseline).unsqueeze(-1) * scores + state.beta * r_centre.unsqueeze(-1) * scores).mean(0)
 
 
 def uncorrected_rodeo(n_samples: int) -> RODEO:

@@ -7,6 +7,7 @@ from functools import partial
 import pytest
 import pytorch_lightning as pl
 import torch
+from custom_estimator import OneLayerReinforce
 
 from discrete_vi.data import BinarizedImageDataModule
 from discrete_vi.diagnostics import logit_gradient_variance
@@ -102,8 +103,9 @@ def fit_and_measure(model, steps: int, digits) -> tuple[float, float]:
     return before, after
 
 
-@pytest.mark.parametrize("estimator", [RLOO(2), ARM(1), DisARM(1), NVIL(1), MuProp(1)],
-                         ids=["rloo", "arm", "disarm", "nvil", "muprop"])
+@pytest.mark.parametrize("estimator", [RLOO(2), ARM(1), DisARM(1), NVIL(1), MuProp(1), RLOODoubleCV(2),
+                                       RODEO(2, hidden_size=16)],
+                         ids=["rloo", "arm", "disarm", "nvil", "muprop", "double_cv", "rodeo"])
 def test_two_layer_vae_improves_its_elbo(estimator, digits):
     torch.manual_seed(0)
     model = BinaryVAE(estimator=estimator, latent_sizes=(200, 200), lr=3e-3)
@@ -144,10 +146,10 @@ def test_sigmoid_belief_net_improves_its_likelihood(digits):
     assert after > before + 20, (before, after)
 
 
-@pytest.mark.parametrize("make", [lambda: BinaryVAE(estimator=RLOODoubleCV(2), latent_sizes=(200, 200)),
-                                  lambda: SigmoidBeliefNet(estimator=RLOODoubleCV(2))])
-def test_double_cv_on_two_layers_fails_at_configuration(make):
-    with pytest.raises(ValueError, match="one stochastic layer only"):
+@pytest.mark.parametrize("make", [lambda: BinaryVAE(estimator=OneLayerReinforce(2), latent_sizes=(200, 200)),
+                                  lambda: SigmoidBeliefNet(estimator=OneLayerReinforce(2))])
+def test_a_one_layer_estimator_on_two_layers_fails_at_configuration(make):
+    with pytest.raises(ConfigurationError, match="OneLayerReinforce is defined for one stochastic layer only.*RLOODoubleCV"):
         make()
 
 

@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from discrete_vi.bernoulli import ChainSample, LogitsLayer, complete_chain, sample_chain
+from discrete_vi.bernoulli import LogitsLayer, local_branches, sample_chain
 from discrete_vi.checks import check_count
 from discrete_vi.estimators.base import ChainObjective, Estimator, EstimatorOutput, evaluate_objective
 from discrete_vi.estimators.base import float32_arithmetic, surrogate_loss
@@ -106,28 +106,13 @@ class ARMS(Estimator):
         k, batch_size, n_layers = self.n_samples, logits.shape[0], len(layers) + 1
         base = sample_chain(logits, layers, 1)  # logits keep their graph: [1, B, D_l]
         base_logits = base.detached_logits()
-        copula = []  # per layer l: [K, B, D_l]
-        branches = []  # per layer l: the K chains whose layer l is the copula samples
-        with torch.no_grad():
-            for layer in range(n_layers):
-                copula.append(arms_samples(base_logits[layer][0], k))
-                if n_layers == 1:
-                    branches.append(ChainSample(logits=[base_logits[0].expand(k, -1, -1)], samples=[copula[0]]))
-                    continue
-                start = ChainSample(
-                    logits=[phi.expand(k, -1, -1) for phi in base_logits[: layer + 1]],
-                    samples=[b.expand(k, -1, -1) for b in base.samples[:layer]] + [copula[layer]],
-                )
-                branches.append(complete_chain(start, layers))
-        samples = [torch.cat([c.samples[l] for c in branches]) for l in range(n_layers)]
-        detached = [torch.cat([c.logits[l] for c in branches]).float() for l in range(n_layers)]
-        f_values = evaluate_objective(f, (k * n_layers, batch_size), samples, detached)
+        rows = local_branches(base, layers, lambda layer: arms_samples(base_logits[layer][0], k))
+        f_values = evaluate_objective(f, (k * n_layers, batch_size), rows.samples, rows.logits)
         with float32_arithmetic(logits.device):
             values = f_values.detach().float().view(n_layers, k, batch_size)
             gradients = [
-                arms_gradient(values[l], copula[l], base_logits[l][0]).unsqueeze(0)
+                arms_gradient(values[l], rows.samples[l][l * k : (l + 1) * k], base_logits[l][0]).unsqueeze(0)
                 for l in range(n_layers)
             ]
             loss = surrogate_loss(f_values, base.logits, gradients, batch_size)
-        return EstimatorOutput(loss=loss, f_values=values.view(-1, batch_size), samples=samples)
-
+        return EstimatorOutput(loss=loss, f_values=values.view(-1, batch_size), samples=rows.samples)

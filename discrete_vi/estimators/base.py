@@ -237,6 +237,12 @@ class Estimator(nn.Module, abc.ABC):
         check_logits(logits)
         self.check_layers(len(layers) + 1)
 
+    def prepare_layers(self, n_layers: int) -> None:
+        """Make this estimator ready to train `n_layers` stochastic layers: raise ConfigurationError
+        if it cannot; estimators with per-layer learned state create it here. Models call it at
+        construction; call it yourself before building an optimizer over `parameters()`."""
+        self.check_layers(n_layers)
+
     def check_layers(self, n_layers: int) -> None:
         """Raise ValueError if this estimator cannot train `n_layers` stochastic layers."""
         if n_layers > 1 and not self.supports_chains:

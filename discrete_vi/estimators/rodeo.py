@@ -35,26 +35,29 @@ Memory linear in D: a neighbour differs from `b_k` in one bit, so
 The network runs on `K (K-1) B (D+1)` scalar pairs (`[K(K-1), B, D+1, hidden]`
 activations).
 
-As in double CV, the samples pass through `_RodeoLink`, an identity whose
-backward receives `d loss / d samples = -grad_k / (K B)` (times the loss's
-upstream scale, measured by a zero-valued probe), forms `g`, returns `-g / B`
-for the logits and, in training mode, `d mean(g**2) / d (alpha, beta, network)`
+As in double CV, `g` is formed in the backward pass that trains the decoder
+(`linked.py`: an identity autograd Function on the samples receives
+`grad_k`, scaled with the loss's upstream scale), which returns `-g / B` for
+the logits and, in training mode, `d mean(g**2) / d (alpha, beta, network)`
 for the estimator's own parameters (the authors' objective; its minimiser is
 the variance minimiser, the mean not depending on them). Cost: K evaluations
 of `f` and the one backward pass that trains the decoder, plus the network.
+
+Chains: the per-layer scheme of the authors' code (`linked.py`): K
+evaluations per layer; each layer has its own alpha, beta and network
+(`alpha`, `beta`, `network` for the first layer, `later_layers[l - 2]` for
+layer l), and one `mean(g**2)` over all layers' units trains them all.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from discrete_vi.bernoulli import LogitsLayer
 from discrete_vi.checks import check_choice, check_count, check_positive
-from discrete_vi.estimators.base import ChainObjective, Estimator, EstimatorOutput, float32_arithmetic
-from discrete_vi.estimators.double_cv import BackwardInputs, linked_estimate
+from discrete_vi.estimators.linked import LayerRows, LinkedEstimator
 
 
 class SteinControlNetwork(nn.Module):
@@ -110,50 +113,18 @@ def stein_controls(
     return c, v
 
 
-class _RodeoLink(torch.autograd.Function):
-    """Identity on the samples whose backward forms the RODEO gradient and the controls' gradients."""
+class SteinControlState(nn.Module):
+    """A later layer's learned RODEO state: alpha and beta (both start at 0) and a control network."""
 
-    @staticmethod
-    def forward(ctx, logits: Tensor, samples: Tensor, pending: BackwardInputs, estimator: "RODEO", *params: Tensor):
-        ctx.pending, ctx.estimator, ctx.n_params = pending, estimator, len(params)
-        ctx.set_materialize_grads(False)  # an output the loss does not reach gets None, not zeros
-        ctx.save_for_backward(logits, samples)
-        return samples.clone(), torch.zeros((), dtype=torch.float32, device=samples.device)
-
-    @staticmethod
-    def backward(ctx, grad_samples: Tensor | None, grad_probe: Tensor | None):
-        nothing = (None,) * ctx.n_params
-        if grad_probe is None:  # the loss was not differentiated through this estimate
-            return (None, None, None, None, *nothing)
-        if grad_samples is None:
-            raise RuntimeError(
-                "RODEO: f is not differentiable in its samples (no gradient reached them); use RLOO or ARMS for such f"
-            )
-        logits, samples = ctx.saved_tensors
-        estimator = ctx.estimator
-        n_samples, batch_size = samples.shape[:2]
-        learn = estimator.training
-        params = list(estimator.parameters())
-        with float32_arithmetic(samples.device):
-            scale = grad_probe.float()  # the loss's upstream scale (1 for a plain backward); no host sync
-            safe_scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-            grads = grad_samples.float() * (-(n_samples * batch_size) / safe_scale)
-            with torch.set_grad_enabled(learn):  # backward passes run without autograd unless asked
-                g = estimator.estimate(ctx.pending.f_values, samples, logits.detach().float(), grads)
-                second_moment = g.square().mean()
-            grad_logits = (g.detach() * (-scale / batch_size)).to(logits.dtype)
-            if learn:
-                moment_grads = torch.autograd.grad(second_moment, params, allow_unused=True)
-                param_grads = tuple(
-                    None if d is None else (d * scale).to(p.dtype) for d, p in zip(moment_grads, params)
-                )
-            else:
-                param_grads = nothing
-        return (grad_logits, None, None, None, *param_grads)
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros((), dtype=torch.float32))
+        self.beta = nn.Parameter(torch.zeros((), dtype=torch.float32))
+        self.network = SteinControlNetwork(hidden_size)
 
 
-class RODEO(Estimator):
-    """RODEO for one stochastic layer: RLOO plus discrete Stein control variates on a learned network."""
+class RODEO(LinkedEstimator):
+    """RODEO: RLOO plus discrete Stein control variates on a learned network; K evaluations of f (per layer for chains)."""
 
     def __init__(
         self,
@@ -165,9 +136,9 @@ class RODEO(Estimator):
         """RODEO with the Gibbs Stein operator and a Taylor-surrogate control network.
 
         Args:
-            n_samples: K >= 2 i.i.d. samples per example (K evaluations of f).
-            control_lr: learning rate of alpha, beta and the control network, exposed as
-                `lr` (the authors' code: Adam, 1e-3 for both groups).
+            n_samples: K >= 2 i.i.d. samples per example (K evaluations of f, per layer for chains).
+            control_lr: learning rate of alpha, beta and the control network (one set per
+                stochastic layer), exposed as `lr` (the authors' code: Adam, 1e-3 for both groups).
             hidden_size: hidden units of the control network (the authors use 100).
             expansions: the Taylor expansions whose network outputs are averaged for sample k:
                 "all" other samples (the authors' choice; network cost K (K-1) B (D+1)) or only
@@ -182,29 +153,46 @@ class RODEO(Estimator):
         self.alpha = nn.Parameter(torch.zeros((), dtype=torch.float32))
         self.beta = nn.Parameter(torch.zeros((), dtype=torch.float32))
         self.network = SteinControlNetwork(hidden_size)
+        self.later_layers = nn.ModuleList()  # SteinControlState of layers 2, 3, ...
+
+    def new_layer_state(self) -> SteinControlState:
+        return SteinControlState(self.hidden_size)
+
+    def layer_state(self, layer: int) -> nn.Module:
+        """The module holding `alpha`, `beta` and `network` of layer `layer` (0: the first, this one)."""
+        return self if layer == 0 else self.later_layers[layer - 1]
 
     @property
     def n_others(self) -> int:
         """Taylor expansions averaged per sample."""
         return self.n_samples - 1 if self.expansions == "all" else 1
 
-    def estimate(self, f_values: Tensor, samples: Tensor, logits: Tensor, grads: Tensor) -> Tensor:
-        """The estimate `g` `[B, D]` (float32, differentiable in alpha, beta and the network).
+    def estimate(self, f_values: Tensor, samples: Tensor, logits: Tensor, grads: Tensor, layer: int = 0) -> Tensor:
+        """The estimate `g` `[B, D]` (float32, differentiable in that layer's alpha, beta and network).
 
         f_values: `[K, B]`; samples, grads (`d f / d b` at the samples): `[K, B, D]`; logits: `[B, D]`.
+        layer: whose learned state (0: the first layer's).
         """
+        state = self.layer_state(layer)
         n_samples = samples.shape[0]
-        c, v = stein_controls(f_values, samples, logits, grads, self.network, self.n_others)
+        c, v = stein_controls(f_values, samples, logits, grads, state.network, self.n_others)
         scores = samples - torch.sigmoid(logits)
-        shifted = f_values + self.alpha * c
+        shifted = f_values + state.alpha * c
         baseline = (shifted.sum(0, keepdim=True) - shifted) / (n_samples - 1)  # mean over j != k of f_j + alpha c_j
-        return ((f_values - baseline).unsqueeze(-1) * scores + self.beta * v).mean(0)
+        return ((f_values - baseline).unsqueeze(-1) * scores + state.beta * v).mean(0)
 
-    def chain(self, logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObjective) -> EstimatorOutput:
-        self.check_chain(logits, layers)  # one layer only
-        link = lambda b, pending: _RodeoLink.apply(logits, b, pending, self, *self.parameters())  # noqa: E731
-        return linked_estimate(logits, self.n_samples, f, link)
+    def layer_estimates(self, rows: list[LayerRows], scale: Tensor, learn: bool) -> tuple[list[Tensor], list]:
+        params = list(self.parameters())
+        with torch.set_grad_enabled(learn):  # backward passes run without autograd unless asked
+            estimates = [self.estimate(r.f_values, r.samples, r.logits, r.grads, layer=l) for l, r in enumerate(rows)]
+            second_moment = torch.cat(estimates, -1).square().mean()
+        if not learn:
+            return estimates, [None] * len(params)
+        moment_grads = torch.autograd.grad(second_moment, params, allow_unused=True)
+        grads = [None if d is None else (d * scale).to(p.dtype) for d, p in zip(moment_grads, params)]
+        return [g.detach() for g in estimates], grads
 
     def logged_state(self) -> dict[str, Tensor]:
-        return {"alpha": self.alpha.detach(), "beta": self.beta.detach()}
-
+        states = [self.layer_state(l) for l in range(self.n_prepared_layers)]
+        return {f"{name}{part}": getattr(state, part).detach()
+                for name, state in zip(self.layer_names(), states) for part in ("alpha", "beta")}

@@ -95,6 +95,7 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         self.training_objective = check_choice("training_objective", training_objective, tuple(OBJECTIVE_NAMES))
         check_objective(estimator, training_objective)
         self.estimator = estimator
+        self.n_stochastic_layers = 1  # set by the subclass's `check_estimator`
         self.save_hyperparameters(ignore=["estimator"])
         self.hparams["estimator"] = estimator.config()
         if "_class_path" not in self.hparams:  # built in Python: record what the command line records
@@ -149,8 +150,11 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         check_input_size(getattr(self, "input_size", None), getattr(datamodule, "input_size", None))
 
     def check_estimator(self, n_layers: int) -> None:
-        """Call from a subclass's `__init__`: fail at configuration time if the estimator cannot train it."""
-        self.estimator.check_layers(n_layers)
+        """Call from a subclass's `__init__` with the number of stochastic layers: fail at
+        configuration time if the estimator cannot train them, else let it create its per-layer
+        learned state (before any optimizer exists or checkpoint is loaded)."""
+        self.estimator.prepare_layers(n_layers)
+        self.n_stochastic_layers = n_layers
 
     def estimate(self, batch: Tensor) -> EstimatorOutput:
         """One estimator call on `batch`: the loss, f values and samples."""
