@@ -38,9 +38,11 @@ def binned(steps: list[int], values: list[float], edges: np.ndarray) -> np.ndarr
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-KNOWN_COLOURS = {"Reinforce": 4, "RLOODoubleCV": 2, "RLOO": 3, "DisARM": 1, "ARM": 0, "RODEO": 5, "ARMS": 6}
-"""tab10 colour of each shipped estimator, so a name has one colour in every figure (a label
-naming none takes colours from the end of the palette)."""
+KNOWN_COLOURS = {"ARM": 0, "DisARM": 2, "LocalDisARM": 3, "RLOODoubleCV": 4, "RLOO": 6, "Reinforce": 8, "REBAR": 9,
+                 "RODEO": 10, "RELAX": 11, "ARMS": 12, "VIMCO": 14, "StraightThrough": 15, "NVIL": 16,
+                 "GumbelSoftmaxST": 17, "MuProp": 18}
+"""tab20 colour of each shipped estimator, so a name has one colour in every figure (a label
+naming none takes the palette's remaining colours)."""
 
 
 def colour_for(plt, label: str, index: int):
@@ -50,8 +52,9 @@ def colour_for(plt, label: str, index: int):
     names = re.findall(r"[A-Za-z]+", label)
     for name in sorted(KNOWN_COLOURS, key=len, reverse=True):
         if name in names:
-            return plt.get_cmap("tab10")(KNOWN_COLOURS[name])
-    return plt.get_cmap("tab10")((7 + index) % 10)
+            return plt.get_cmap("tab20")(KNOWN_COLOURS[name])
+    free = [i for i in range(20) if i not in KNOWN_COLOURS.values()]
+    return plt.get_cmap("tab20")(free[index % len(free)])
 
 
 def _legend(ax) -> None:
