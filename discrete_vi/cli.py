@@ -61,6 +61,7 @@ from discrete_vi.compare.runner import follow_parent
 from discrete_vi.runs import check_writable, hold_lock, plan_run, release_locks, remove_stale_partials
 from discrete_vi.threads import fixed_thread_count, usable_cores
 
+DEFAULT_MODEL = "discrete_vi.models.BinaryVAE"
 PROGRESS_BAR_REFRESH_STEPS = 10
 """The progress bar is redrawn every this many steps (Lightning's default bar redraws every step)."""
 
@@ -224,7 +225,7 @@ class DiscreteVICLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(RunCheckpoint, "checkpoint", instantiate=False)
         parser.add_class_arguments(RunCheckpoint, "last_checkpoint", instantiate=False)
-        parser.set_defaults({**CHECKPOINT_DEFAULTS, "model": {"class_path": "discrete_vi.models.BinaryVAE"}})
+        parser.set_defaults({**CHECKPOINT_DEFAULTS, "model": {"class_path": DEFAULT_MODEL}})
         parser.link_arguments("data.input_size", "model.init_args.input_size", apply_on="instantiate")
         parser.add_argument("--threads", type=Optional[int], default=None,
                             help="torch's CPU threads (default: OMP_NUM_THREADS if set, else tuned during "
@@ -240,6 +241,14 @@ class DiscreteVICLI(LightningCLI):
         self.plan = None
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        chosen = config.model.get("class_path") if hasattr(config.get("model"), "get") else None
+        if chosen and chosen.rpartition(".")[2] != DEFAULT_MODEL.rpartition(".")[2]:
+            # Another model than the default: parse again with it as the default, so that the default
+            # model's option values are not carried over to it (jsonargparse keeps an option two
+            # classes share when the class changes).
+            (self._subcommand_parsers[subcommand] if subcommand else parser).set_defaults({"model": {"class_path": chosen}})
+            super().parse_arguments(parser, args)
+            config = self.config[subcommand] if subcommand else self.config
         self.fixed_threads = fixed_thread_count(config.get("threads"))
         if self.fixed_threads is not None:
             torch.set_num_threads(check_count("threads", self.fixed_threads, 1))

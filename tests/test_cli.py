@@ -197,3 +197,13 @@ def test_the_private_lightning_methods_we_override_are_still_there():
         method = getattr(LightningCLI, name, None)
         assert callable(method), f"LightningCLI.{name} is gone: revisit DiscreteVICLI.{name}"
         assert tuple(inspect.signature(method).parameters) == parameters, (name, inspect.signature(method))
+
+
+def test_another_model_gets_its_own_defaults(tmp_path, monkeypatch):
+    """jsonargparse keeps an option two classes share when the class changes: choosing
+    SigmoidBeliefNet over the default BinaryVAE must not carry BinaryVAE's latent_sizes [200] over."""
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["--model", "SigmoidBeliefNet", "--trainer.logger", "false"], run=False)
+    assert type(cli.model).__name__ == "SigmoidBeliefNet" and cli.model.latent_sizes == [200, 200]
+    cli = run_cli(["--model", "SigmoidBeliefNet", "--model.latent_sizes", "[50]", "--trainer.logger", "false"], run=False)
+    assert cli.model.latent_sizes == [50]
