@@ -157,7 +157,7 @@ class EstimatorVarianceBasket(pl.Callback):
         objective = pl_module.training_objective
         if self.labels is None:
             self.labels = list(DEFAULT_BASKETS[objective])
-        fitting = estimators_at(2, objective)
+        fitting = estimator_labels(objective)
         others = [label for label in self.labels if label not in fitting]
         if others:
             raise ConfigurationError(
