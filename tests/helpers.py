@@ -159,6 +159,24 @@ CHAIN_CASES = [case for case in UNBIASED_CASES
 ONE_PER_ESTIMATOR = list({case.id.rsplit("-", 1)[0]: case for case in reversed(ESTIMATOR_CASES) if case.cost >= 2}.values())[::-1]
 
 
+def second_moment_run(make: Callable[[], Estimator], state: dict, logits: Tensor, f, name: str | None = None,
+                      delta: float = 0.0, seed: int = 7) -> tuple[float, dict[str, float]]:
+    """One call of a fresh estimator (`make()`, loaded with `state`; the first entry of parameter
+    `name` moved by `delta`) on the same draws (`seed`): the second moment mean(g**2) of its logit
+    estimate, and the first entry of every parameter's gradient. Central differences of the first
+    against the second check that learned state descends mean(g**2)."""
+    estimator = make()
+    estimator.load_state_dict(state)
+    if name is not None:
+        with torch.no_grad():
+            dict(estimator.named_parameters())[name].view(-1)[0] += delta
+    leaf = logits.clone().requires_grad_(True)
+    torch.manual_seed(seed)
+    estimator(leaf, f).loss.backward()
+    g = -leaf.shape[0] * leaf.grad
+    return (g.double() ** 2).mean().item(), {n: p.grad.view(-1)[0].item() for n, p in estimator.named_parameters()}
+
+
 def case_ids(cases: list[EstimatorCase]) -> list[str]:
     return [case.id for case in cases]
 

@@ -14,6 +14,7 @@ import zlib
 import pytest
 import torch
 from helpers import (
+    second_moment_run,
     CHAIN_LOGITS,
     SMALL_EVAL,
     TINY,
@@ -281,16 +282,7 @@ def test_learned_gradients_are_those_of_the_second_moment(make):
     reference = moved(make, seed=4)
 
     def run(name=None, delta=0.0):
-        estimator = make()
-        estimator.load_state_dict(reference.state_dict())
-        if name is not None:
-            with torch.no_grad():
-                dict(estimator.named_parameters())[name].view(-1)[0] += delta
-        leaf = logits.clone().requires_grad_(True)
-        torch.manual_seed(7)
-        estimator(leaf, f).loss.backward()
-        g = -leaf.shape[0] * leaf.grad
-        return (g.double() ** 2).mean().item(), {n: p.grad.view(-1)[0].item() for n, p in estimator.named_parameters()}
+        return second_moment_run(make, reference.state_dict(), logits, f, name, delta)
 
     _, grads = run()
     # g is linear in eta and in the network's output bias: mean(g**2) is quadratic in them and a

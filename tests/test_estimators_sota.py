@@ -10,6 +10,7 @@ import zlib
 import pytest
 import torch
 from helpers import (
+    second_moment_run,
     CHAIN_LOGITS,
     LOGITS,
     N_REPLICAS,
@@ -128,17 +129,8 @@ def test_rodeo_parameter_gradients_are_those_of_the_second_moment():
     torch.manual_seed(0)
     reference = randomised_rodeo(3, seed=4)
 
-    def run(name: str | None = None, delta: float = 0.0):
-        estimator = RODEO(3, hidden_size=16)
-        estimator.load_state_dict(reference.state_dict())
-        if name is not None:
-            with torch.no_grad():
-                dict(estimator.named_parameters())[name].view(-1)[0] += delta
-        leaf = logits.clone().requires_grad_(True)
-        torch.manual_seed(7)
-        estimator(leaf, f).loss.backward()
-        g = -leaf.shape[0] * leaf.grad
-        return (g.double() ** 2).mean().item(), {n: p.grad.view(-1)[0].item() for n, p in estimator.named_parameters()}
+    def run(name=None, delta=0.0):
+        return second_moment_run(lambda: RODEO(3, hidden_size=16), reference.state_dict(), logits, f, name, delta)
 
     _, grads = run()
     # g is linear in alpha, beta and the output bias, so mean(g**2) is quadratic in them and a central

@@ -33,13 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from discrete_vi.bernoulli import ChainSample, LogitsLayer, draw_bernoulli, local_branches, sample_chain
-from discrete_vi.estimators.base import (
-    ChainObjective,
-    Estimator,
-    EstimatorOutput,
-    evaluate_objective,
-    float32_arithmetic,
-)
+from discrete_vi.estimators.base import ChainObjective, Estimator, EstimatorOutput, evaluate_objective
+from discrete_vi.estimators.base import float32_arithmetic
 
 
 @dataclass

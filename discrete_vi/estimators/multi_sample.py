@@ -20,15 +20,8 @@ from torch import Tensor
 from discrete_vi.bernoulli import LogitsLayer, sample_chain
 from discrete_vi.checks import check_count
 from discrete_vi.estimators.arm import antithetic_partner, disarm_weights, pairs_at_cost
-from discrete_vi.estimators.base import (
-    ChainObjective,
-    Estimator,
-    EstimatorOutput,
-    evaluate_objective,
-    float32_arithmetic,
-    log_mean_exp,
-    surrogate_loss,
-)
+from discrete_vi.estimators.base import ChainObjective, Estimator, EstimatorOutput, evaluate_objective
+from discrete_vi.estimators.base import float32_arithmetic, log_mean_exp, surrogate_loss
 from discrete_vi.estimators.reinforce import ScoreFunctionEstimator
 
 

@@ -39,14 +39,8 @@ from torch import Tensor
 
 from discrete_vi.bernoulli import LogitsLayer, check_layer_logits, sample_chain, smallest_view
 from discrete_vi.checks import ConfigurationError, check_count
-from discrete_vi.estimators.base import (
-    ChainObjective,
-    Estimator,
-    EstimatorOutput,
-    evaluate_objective,
-    float32_arithmetic,
-    surrogate_loss,
-)
+from discrete_vi.estimators.base import ChainObjective, Estimator, EstimatorOutput, evaluate_objective
+from discrete_vi.estimators.base import float32_arithmetic, surrogate_loss
 
 
 def mean_field_chain(logits: Tensor, layers: Sequence[LogitsLayer]) -> tuple[list[Tensor], list[Tensor]]:

@@ -40,14 +40,8 @@ from torch import Tensor, nn
 
 from discrete_vi.bernoulli import LogitsLayer, sample_chain, smallest_view
 from discrete_vi.checks import check_count, check_positive, check_range
-from discrete_vi.estimators.base import (
-    ChainObjective,
-    Estimator,
-    EstimatorOutput,
-    evaluate_objective,
-    float32_arithmetic,
-    surrogate_loss,
-)
+from discrete_vi.estimators.base import ChainObjective, Estimator, EstimatorOutput, evaluate_objective
+from discrete_vi.estimators.base import float32_arithmetic, surrogate_loss
 
 
 class LogitsBaselineNetwork(nn.Module):

@@ -54,14 +54,8 @@ from torch import Tensor, nn
 
 from discrete_vi.bernoulli import LogitsLayer, sample_chain, uniform
 from discrete_vi.checks import ConfigurationError, check_count, check_positive
-from discrete_vi.estimators.base import (
-    ChainObjective,
-    Estimator,
-    EstimatorOutput,
-    evaluate_objective,
-    float32_arithmetic,
-    surrogate_loss,
-)
+from discrete_vi.estimators.base import ChainObjective, Estimator, EstimatorOutput, evaluate_objective
+from discrete_vi.estimators.base import float32_arithmetic, surrogate_loss
 
 EVALUATIONS_PER_SAMPLE = 3
 """`f(b)`, `f(sigmoid(z / lambda))` and `f(sigmoid(z~ / lambda))` (one stochastic layer)."""
