@@ -236,9 +236,17 @@ def test_one_compare_per_output_folder_and_its_runs_end_with_it(tmp_path):
         time.sleep(0.2)
 
 
+def interactive_ctrl_c() -> None:
+    """In the child before it runs: Ctrl-C acts as in a terminal's foreground job. A command started
+    in the background of a script (as CI may run these tests) inherits SIGINT ignored, and Python
+    then keeps it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_a_comparison_in_one_line(tmp_path):
     out = tmp_path / "interrupted"
-    process = compare(out, grid=["--grid", "seed_everything=7"], run_args=LONG_RUN, start_new_session=True)
+    process = compare(out, grid=["--grid", "seed_everything=7"], run_args=LONG_RUN, start_new_session=True,
+                      preexec_fn=interactive_ctrl_c)
     wait_for(out / "seed=7/lightning_logs/version_0/checkpoints/last.ckpt", process)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
     stdout, _ = process.communicate(timeout=300)
