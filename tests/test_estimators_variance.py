@@ -1,4 +1,4 @@
-"""Variance orderings on the double-CV paper's D=200 quadratic, at fixed parameters.
+"""Variance orderings at fixed parameters: on the double-CV paper's D=200 quadratic, and RODEO's on a VAE.
 
 Two fixed points: the logits the toy run reaches after 1000 RMSprop steps
 with RLOO (as in the paper's experiment), and a wide spread of logits. Each
@@ -8,10 +8,17 @@ alike (RLOO and double CV; ARM and DisARM) are compared on the same samples.
 alpha is first learned at those logits, as it is during training.
 """
 
+from functools import partial
+from typing import Callable
+
 import pytest
 import torch
+from torch import Tensor
 
+from discrete_vi.data.bundled import load_mnist_subset
+from discrete_vi.diagnostics import logit_gradient_variance
 from discrete_vi.estimators import ARM, ARMS, RLOO, RODEO, DisARM, Reinforce, RLOODoubleCV
+from discrete_vi.models import BinaryVAE
 from discrete_vi.toy import gradient_estimates, quadratic_problem, train_toy
 
 N_DRAWS = 20000
@@ -120,13 +127,18 @@ def test_alpha_gradient_is_the_derivative_of_the_second_moment():
 RODEO_STEPS, RODEO_LR, RODEO_DRAWS, RODEO_CHUNK = 1000, 0.1, 4000, 250
 
 
-def learn_state(estimator, logits, steps: int, lr: float, batch: int = 100) -> None:
-    f = PROBLEM.objective()
+def learn_state(estimator, loss: Callable[[], Tensor], steps: int, lr: float) -> None:
+    """Adam on the estimator's own parameters, `loss()` (one estimator call) per step, as in training."""
     optimizer = torch.optim.Adam(estimator.parameters(), lr=lr)
     for _ in range(steps):
         optimizer.zero_grad()
-        estimator(logits.expand(batch, -1).clone().requires_grad_(True), f).loss.backward()
+        loss().backward()
         optimizer.step()
+
+
+def toy_loss(estimator, logits, batch: int = 100) -> Callable[[], Tensor]:
+    f = PROBLEM.objective()
+    return lambda: estimator(logits.expand(batch, -1).clone().requires_grad_(True), f).loss
 
 
 def chunked_variance(estimator, logits) -> float:
@@ -143,9 +155,9 @@ def rodeo_variances(request, logits):
     out = {"k": k}
     for name, estimator in {"rloo": RLOO(k), "double_cv": RLOODoubleCV(k), "rodeo": RODEO(k)}.items():
         if name == "double_cv":
-            learn_state(estimator, logits, 300, 1e-2)
+            learn_state(estimator, toy_loss(estimator, logits), 300, 1e-2)
         elif name == "rodeo":
-            learn_state(estimator, logits, RODEO_STEPS, RODEO_LR)
+            learn_state(estimator, toy_loss(estimator, logits), RODEO_STEPS, RODEO_LR)
         out[name] = chunked_variance(estimator, logits)
     return out
 
@@ -156,8 +168,53 @@ def test_rodeo_with_learned_controls_beats_rloo(rodeo_variances):
     assert rodeo_variances["double_cv"] < rodeo_variances["rloo"], rodeo_variances
 
 
-@pytest.mark.slow
-def test_rodeo_beats_double_cv(rodeo_variances):
-    """The published ordering RODEO < double CV (VAEs, controls learned over training)."""
-    if rodeo_variances["rodeo"] >= rodeo_variances["double_cv"]:
-        pytest.xfail(f"not reproduced on the toy after {RODEO_STEPS} learning steps: {rodeo_variances}")
+# --- RODEO against double CV on a VAE: the published ordering (11 s) --------------------------------
+# On the toy above RODEO is not below double CV (measured after 1000 learning steps, e.g.
+# 2.09e-10 against 1.66e-10 at K = 2 on the toy run's logits, 2.82e-10 against 1.88e-10 at K = 4):
+# that toy's f is linear in b (b**2 = b) with a tiny slope. The papers report the ordering on VAEs,
+# so it is checked on one.
+
+VAE_PRETRAIN_STEPS, VAE_LEARN_STEPS, VAE_DRAWS, VAE_IMAGES = 300, 300, 1500, 4
+
+
+@pytest.fixture(scope="module")
+def vae_variances():
+    """Variance of the first layer's per-example logit gradient (`logit_gradient_variance`, mean over
+    4 fixed images and 200 units, 1500 draws each) of RLOO, double CV and RODEO at K = 2, on a linear
+    VAE 784-200 trained 300 Adam steps on the bundled MNIST subset and then frozen; the estimators'
+    state first learned at the frozen model (300 Adam steps: lr 1e-2 for double CV's alpha, 0.1 for RODEO's state)."""
+    torch.manual_seed(0)
+    images = torch.from_numpy(load_mnist_subset()["train"]).float() / 255
+    sample = lambda n: torch.bernoulli(images[torch.randint(0, len(images), (n,))])  # noqa: E731
+    model = BinaryVAE(estimator=RLOO(2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(VAE_PRETRAIN_STEPS):
+        optimizer.zero_grad()
+        model.training_loss(sample(100))[0].backward()
+        optimizer.step()
+    model.requires_grad_(False)
+
+    def vae_loss(estimator):
+        def loss():
+            x = sample(100)
+            first_logits, layers = model.stochastic_layers(x)
+            return estimator.chain(first_logits, layers, partial(model.objective, x)).loss
+
+        return loss
+
+    estimators = {"rloo": RLOO(2), "double_cv": RLOODoubleCV(2), "rodeo": RODEO(2)}
+    learn_state(estimators["double_cv"], vae_loss(estimators["double_cv"]), VAE_LEARN_STEPS, 1e-2)
+    learn_state(estimators["rodeo"], vae_loss(estimators["rodeo"]), VAE_LEARN_STEPS, 0.1)
+    fixed = torch.bernoulli(images[:VAE_IMAGES], generator=torch.Generator().manual_seed(0))
+    out = {}
+    for name, estimator in estimators.items():
+        torch.manual_seed(1)
+        out[name] = logit_gradient_variance(model, fixed, VAE_DRAWS, estimator).item()
+    return out
+
+
+def test_rodeo_beats_double_cv_on_a_vae(vae_variances):
+    """The published ordering RODEO < double CV < RLOO at K = 2. Measured: 0.47, 0.75 and 3.5; RODEO's
+    variance is 0.614-0.625 of double CV's over four draw seeds (a spread of about 0.005), so the margin
+    is some 75 times that spread. RODEO with unlearned state (alpha = beta = 0) is RLOO and fails it."""
+    assert vae_variances["rodeo"] < vae_variances["double_cv"] < vae_variances["rloo"], vae_variances
