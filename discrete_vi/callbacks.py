@@ -13,6 +13,7 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -289,14 +290,22 @@ class ThreadTuner(pl.Callback):
         self.current, self.baseline, self.trial = self.counts[0], None, None
         self.recent: list[float] = []
         self._start = 0.0
+        self.active = True
+
+    def setup(self, trainer, pl_module, stage):
+        """Tune only where Lightning trains on the CPU (not on a GPU, whatever `accelerator` said)."""
+        self.active = isinstance(trainer.accelerator, CPUAccelerator)
 
     def on_train_start(self, trainer, pl_module):
-        torch.set_num_threads(self.current)
+        if self.active:
+            torch.set_num_threads(self.current)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self.active:
+            return
         seconds = time.perf_counter() - self._start
         self.steps += 1
         if self.steps <= self.warmup:

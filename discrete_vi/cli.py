@@ -79,13 +79,13 @@ CHECKPOINT_DEFAULTS = {
 validation), `--last_checkpoint.*` keeps `last.ckpt` (each epoch, and every N training steps
 with `--last_checkpoint.every_n_train_steps N`), which `--ckpt_path last` resumes from."""
 
-LIGHTNING_PRIVATE_OVERRIDES = {"_parse_ckpt_path": ("self",)}
-"""LightningCLI's private methods this class overrides, with the parameters it expects them to
-have (tests/test_cli.py checks them against the installed Lightning, so a change there fails
-loudly): `_parse_ckpt_path` is replaced by `plan_run` in `parse_arguments`."""
-LIGHTNING_PRIVATE_ATTRIBUTES = ("_subcommand_parsers",)
-"""LightningCLI's private attributes this class reads (checked by the same test): the subcommand
-parsers, whose defaults a checkpoint's configuration becomes."""
+LIGHTNING_PRIVATE_OVERRIDES = {"_parse_ckpt_path": ("self",), "_parser": ("self", "subcommand")}
+"""LightningCLI's private methods this class overrides or calls, with the parameters it expects them
+to have (tests/test_cli.py checks them against the installed Lightning, so a change there fails
+loudly): `_parse_ckpt_path` is replaced by `plan_run` in `parse_arguments`; `_parser` gives the
+(sub)command's parser, whose defaults a checkpoint's configuration becomes. One private attribute
+is written: a configured logger's `_version`, so that it resumes the planned run (the tests that
+resume with a TensorBoard and a CSV logger fail if it goes)."""
 
 _JSONARGPARSE_WRAPPING = (
     "Expected a <class 'NoneType'>",
@@ -246,7 +246,7 @@ class DiscreteVICLI(LightningCLI):
             # Another model than the default: parse again with it as the default, so that the default
             # model's option values are not carried over to it (jsonargparse keeps an option two
             # classes share when the class changes).
-            (self._subcommand_parsers[subcommand] if subcommand else parser).set_defaults({"model": {"class_path": chosen}})
+            self._parser(subcommand).set_defaults({"model": {"class_path": chosen}})
             super().parse_arguments(parser, args)
             config = self.config[subcommand] if subcommand else self.config
         self.fixed_threads = fixed_thread_count(config.get("threads"))
@@ -262,7 +262,7 @@ class DiscreteVICLI(LightningCLI):
             say(self.plan.note)
         if self.plan.checkpoint is not None:
             check_class_paths(self.plan.checkpoint, BinaryLatentModule, Estimator, f"checkpoint {self.plan.ckpt_path}")
-            self._subcommand_parsers[subcommand].set_defaults(checkpoint_configuration(self.plan.checkpoint))
+            self._parser(subcommand).set_defaults(checkpoint_configuration(self.plan.checkpoint))
             super().parse_arguments(parser, args)
             config = self.config[subcommand]
         config.ckpt_path = self.plan.ckpt_path
@@ -343,7 +343,7 @@ class DiscreteVICLI(LightningCLI):
         if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
         if self.tunes_threads(trainer_config) and not any(isinstance(c, ThreadTuner) for c in callbacks):
-            callbacks.append(ThreadTuner(max_threads=usable_cores()))
+            callbacks.insert(0, ThreadTuner(max_threads=usable_cores()))  # first: its step times exclude the others' hooks
         kwargs["callbacks"] = callbacks
         trainer = super().instantiate_trainer(**kwargs)
         for logger in trainer.loggers:  # a configured TensorBoard or CSV logger resumes in the planned run too
@@ -352,11 +352,10 @@ class DiscreteVICLI(LightningCLI):
         return trainer
 
     def tunes_threads(self, trainer_config: dict) -> bool:
-        """Whether the thread count is left to `ThreadTuner`: training on a CPU with several cores,
-        no thread count given (`--threads`, OMP_NUM_THREADS), no deterministic run asked for."""
-        accelerator = str(trainer_config.get("accelerator") or "auto")
-        on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-        return (self.subcommand in ("fit", None) and on_cpu and getattr(self, "fixed_threads", None) is None
+        """Whether the thread count is left to `ThreadTuner` (which tunes only if the trainer's
+        accelerator is the CPU): training with several cores, no thread count given (`--threads`,
+        OMP_NUM_THREADS), no deterministic run asked for."""
+        return (self.subcommand in ("fit", None) and getattr(self, "fixed_threads", None) is None
                 and usable_cores() > 1 and not trainer_config.get("deterministic"))
 
     def default_logger(self, default_root_dir: str | None) -> TensorBoardLogger:

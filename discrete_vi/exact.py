@@ -83,7 +83,7 @@ def exact_chain_bound(logits: Tensor, layers: Sequence[LogitsLayer], f: ChainObj
 def enumerate_chain(logits: Tensor, layers: Sequence[LogitsLayer], copies: int = 1
                     ) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """Every joint configuration of a chain: per-layer samples `[N, B, D_l]`, per-layer logits
-    `[N, B, D_l]` (or `[1, B, D_1]`; with their graph) and `log q` of each configuration `[N, B]`.
+    `[N, B, D_l]` (with their graph) and `log q` of each configuration `[N, B]`.
     Refuses chains of more than `MAX_BITS` bits (over `copies` independent chains)."""
     check_logits(logits)
     batch_size = logits.shape[0]

@@ -190,7 +190,7 @@ def test_validate_and_predict_subcommands(tmp_path, monkeypatch):
 
 
 def test_the_private_lightning_methods_we_override_are_still_there():
-    """LightningCLI's private methods this package overrides (`LIGHTNING_PRIVATE_OVERRIDES`) must
+    """LightningCLI's private methods this package overrides or calls (`LIGHTNING_PRIVATE_OVERRIDES`) must
     exist with the parameters the override expects: a Lightning release that renames or
     reshapes one fails here, not silently in a user's run."""
     for name, parameters in LIGHTNING_PRIVATE_OVERRIDES.items():

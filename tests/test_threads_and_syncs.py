@@ -107,9 +107,11 @@ def test_the_command_lines_threads_option_wins_over_the_environment_and_fixes_th
     assert tuned.endswith("True" if usable_cores() > 1 else "False")
 
 
-def test_compare_gives_its_runs_sleeping_threads_and_their_share_of_the_cores():
+def test_compare_gives_its_runs_sleeping_threads_and_their_share_of_the_cores(monkeypatch):
     from discrete_vi.compare.runner import child_environment
 
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):  # importing the package set one here already
+        monkeypatch.delenv(name, raising=False)
     env = child_environment(threads=1)
     assert env["OMP_NUM_THREADS"] == "1"
     assert "GOMP_SPINCOUNT" in env or "OMP_WAIT_POLICY" in env

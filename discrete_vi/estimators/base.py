@@ -16,6 +16,7 @@ import contextlib
 import functools
 import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Sequence
 
@@ -232,15 +233,31 @@ class Estimator(nn.Module, abc.ABC):
             `[K, B, D_l]` samples and float32 logits (`objective_logits`); returns `[K, B]`.
         """
 
+    n_prepared_layers: float = math.inf
+    """Stochastic layers this estimator has learned state for (inf: its state is not per layer)."""
+
     def check_chain(self, logits: Tensor, layers: Sequence[LogitsLayer]) -> None:
-        """Raise ValueError unless `logits` is `[B, D]` and this estimator can train `len(layers) + 1` layers."""
+        """Raise ValueError unless `logits` is `[B, D]` and this estimator can train `len(layers) + 1`
+        layers; create the per-layer state of layers not yet prepared (with a warning when training:
+        an optimizer built before this call would miss it)."""
         check_logits(logits)
-        self.check_layers(len(layers) + 1)
+        n_layers = len(layers) + 1
+        self.check_layers(n_layers)
+        if n_layers > self.n_prepared_layers:
+            if self.updates_state():
+                warnings.warn(
+                    f"{type(self).__name__} created learned state for layers {self.n_prepared_layers + 1}-{n_layers} "
+                    f"at its first call on {n_layers} layers; an optimizer built before this call does not train "
+                    f"it: call prepare_layers({n_layers}) before building the optimizer",
+                    stacklevel=3,
+                )
+            self.prepare_layers(n_layers)
 
     def prepare_layers(self, n_layers: int) -> None:
         """Make this estimator ready to train `n_layers` stochastic layers: raise ConfigurationError
-        if it cannot; estimators with per-layer learned state create it here. Models call it at
-        construction; call it yourself before building an optimizer over `parameters()`."""
+        if it cannot; estimators with per-layer learned state (`n_prepared_layers`) create it here.
+        Models call it at construction; call it yourself before building an optimizer over
+        `parameters()`."""
         self.check_layers(n_layers)
 
     def check_layers(self, n_layers: int) -> None:

@@ -25,7 +25,6 @@ must reach the loss only through `f`.
 from __future__ import annotations
 
 import abc
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -106,15 +105,6 @@ class LinkedEstimator(Estimator):
         self.check_chain(logits, layers)
         n_layers, k, batch_size = len(layers) + 1, self.n_samples, logits.shape[0]
         learn = self.updates_state()
-        if n_layers > self.n_prepared_layers:
-            if learn:
-                warnings.warn(
-                    f"{type(self).__name__} created learned state for layers {self.n_prepared_layers + 1}-{n_layers} "
-                    f"at its first call on {n_layers} layers; an optimizer built before this call does not train "
-                    f"it: call prepare_layers({n_layers}) before building the optimizer",
-                    stacklevel=2,
-                )
-            self.prepare_layers(n_layers)
         base = sample_chain(logits, layers, 1) if layers else ChainSample(logits=[logits.expand(1, *logits.shape)])
         base_logits = base.detached_logits()
         rows = local_branches(base, layers, lambda layer: draw_bernoulli(base_logits[layer].expand(k, -1, -1))[0])

@@ -27,7 +27,7 @@ does so, and the estimate is then unbiased for the gradient divided by `n`.
 
 Chains: one baseline (network and moments) per layer, on that layer's logits,
 all with the global signal `f`. They are created when the estimator learns
-how many layers it trains (`check_layers`, which a model calls at
+how many layers it trains (`prepare_layers`, which a model calls at
 configuration time, before its optimizer is built; or the first `chain` call).
 """
 
@@ -129,9 +129,13 @@ class NVIL(Estimator):
         self.normalise_gradient = bool(normalise_gradient)
         self.baselines = nn.ModuleList([LayerBaseline(input_width, hidden_size)])
 
-    def check_layers(self, n_layers: int) -> None:
+    @property
+    def n_prepared_layers(self) -> int:
+        return len(self.baselines)
+
+    def prepare_layers(self, n_layers: int) -> None:
         """Also create the baselines of layers it has none for yet (on the estimator's device)."""
-        super().check_layers(n_layers)
+        super().prepare_layers(n_layers)
         device = self.baselines[0].signal_mean.device
         while len(self.baselines) < n_layers:
             self.baselines.append(LayerBaseline(self.input_width, self.hidden_size).to(device))

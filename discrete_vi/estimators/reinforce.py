@@ -42,8 +42,9 @@ class ScoreFunctionEstimator(Estimator):
         self.check_chain(logits, layers)
         batch_size = logits.shape[0]
         sample = sample_chain(logits, layers, self.n_samples)
-        detached = sample.detached_logits()
-        f_values = evaluate_objective(f, (self.n_samples, batch_size), sample.samples, self.objective_logits(sample.logits))
+        inputs = self.objective_logits(sample.logits)
+        detached = [phi.detach() for phi in inputs]
+        f_values = evaluate_objective(f, (self.n_samples, batch_size), sample.samples, inputs)
         with float32_arithmetic(logits.device):
             values = f_values.detach().float()
             weights = self.sample_weights(values).unsqueeze(-1)

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from discrete_vi.bernoulli import LogitsLayer, sample_chain
-from discrete_vi.checkpoints import check_checkpoint_fits, check_class_paths, fit_estimator_state, read_checkpoint
+from discrete_vi.checkpoints import TRUSTED_INSTANTIATOR, check_checkpoint_fits, check_class_paths, fit_estimator_state
+from discrete_vi.checkpoints import read_checkpoint
 from discrete_vi.checks import ConfigurationError, NonFiniteObjectiveError, check_choice, check_count
 from discrete_vi.checks import check_input_size, check_positive
 from discrete_vi.estimators import RLOO, Estimator, EstimatorOutput, TrainingObjective, estimator_names
@@ -92,7 +93,7 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
             estimator = RLOO(n_samples=2)
         if not isinstance(estimator, Estimator):
             raise ConfigurationError(f"estimator must be an Estimator (e.g. RLOO, DisARM), got {type(estimator).__name__}")
-        self.training_objective = check_choice("training_objective", training_objective, tuple(OBJECTIVE_NAMES))
+        self.training_objective = check_choice("training_objective", training_objective, get_args(TrainingObjective))
         check_objective(estimator, training_objective)
         self.estimator = estimator
         self.n_stochastic_layers = 1  # set by the subclass's `check_estimator`
@@ -100,7 +101,7 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         self.hparams["estimator"] = estimator.config()
         if "_class_path" not in self.hparams:  # built in Python: record what the command line records
             self.hparams["_class_path"] = f"{type(self).__module__}.{type(self).__qualname__}"
-            self.hparams["_instantiator"] = "pytorch_lightning.cli.instantiate_module"
+            self.hparams["_instantiator"] = TRUSTED_INSTANTIATOR
         self.lr = check_positive("lr", lr)
         self.val_samples = check_count("val_samples", val_samples, 1)
         self.test_samples = check_count("test_samples", test_samples, 1)
@@ -168,7 +169,7 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         out = self.estimate(batch)
         scalars = {"train/elbo": out.f_values.mean()}
         if self.training_objective != "elbo":
-            scalars["train/bound"] = self.estimator.training_bound(out.f_values).mean()
+            scalars["train/bound"] = -out.loss.detach()  # the loss's value is minus that bound (EstimatorOutput)
         return out.loss, scalars
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
@@ -225,8 +226,7 @@ class BinaryLatentModule(pl.LightningModule, abc.ABC):
         if not every or not completes_optimizer_step(trainer, batch_idx) or (trainer.global_step + 1) % every:
             return
         # One host synchronisation for all of them and the divergence check: a single copy to the host.
-        first = self._first_nonfinite_step if self._first_nonfinite_step is not None else torch.tensor(-1)
-        *read, step = torch.stack([value.double() for value in [*values.values(), first.to(values["train/elbo"].device)]]).tolist()
+        *read, step = torch.stack([value.double() for value in [*values.values(), self._first_nonfinite_step]]).tolist()
         self.check_divergence(int(step))
         numbers = dict(zip(values, read))
         write_scalars(trainer, numbers, trainer.global_step)
