@@ -279,3 +279,4 @@ def test_damaged_inputs_are_named_and_their_rows_marked(grid_run, tmp_path):
     again = compare(out, "--jobs", "2")  # compare names them too, and checks those runs again
     assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
     assert sum("is damaged" in line for line in again.stderr.splitlines()) >= 2
+    assert json.loads((out / NAMES[2] / "run.json").read_text())["name"] == NAMES[2]  # a finished run's too

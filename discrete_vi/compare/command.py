@@ -17,7 +17,7 @@ from pathlib import Path
 
 from discrete_vi.compare.grid import expand, parse_grid
 from discrete_vi.compare.report import write_report
-from discrete_vi.compare.summary import find_runs, read_run, summarize
+from discrete_vi.compare.summary import RunData, find_runs, read_run, summarize
 from discrete_vi.compare.integrity import read_json
 from discrete_vi.compare.runner import DONE_FILE, RUN_FILE, Job, Outcome, is_done, run_local, run_ray
 from discrete_vi.console import PROG, OneLineParser, fail, user_errors_in_one_line
@@ -179,8 +179,9 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def write_and_say(out: Path) -> None:
-    runs, written = write_report(out)
+def write_and_say(out: Path, runs: list[RunData] | None = None) -> None:
+    """Write the report of the runs under `out` (`runs`: already read) and say what was written."""
+    runs, written = write_report(out, runs=runs)
     for run in runs:
         for problem in run.damaged:
             print(f"{PROG} report: {run.folder / problem.split(': ', 1)[0]} is damaged ({problem.split(': ', 1)[1]}); "
@@ -193,9 +194,10 @@ def report(argv: list[str]) -> int:
     out = Path(options.out)
     if not out.is_dir():
         fail(f"{out} is not a folder of runs")
-    if not find_runs(out):
+    runs = find_runs(out)
+    if not runs:
         fail(f"no runs in {out}: expected sub-folders holding lightning_logs/ (or {out}/lightning_logs itself)")
-    write_and_say(out)
+    write_and_say(out, runs)
     return 0
 
 

@@ -1,10 +1,10 @@
 """Whether a run's files are whole: TensorBoard event files checked record by record against their
-CRC32C checksums (TensorBoard's reader skips a damaged record, or stops at a truncated one,
-without a word), and JSON files that parse.
+CRC32C checksums (TensorBoard's reader stops reading a file at its first damaged or truncated
+record without a word, so the numbers after it are silently missing), and JSON files that parse.
 
 An event file is a sequence of TFRecords: `length` (uint64, little-endian), the masked CRC32C of
 those 8 bytes (uint32), `length` bytes of data, the masked CRC32C of the data (uint32). The
-checksums of all records are computed together with numpy (records of one length at a time).
+checksums of records that share a length are computed together with numpy (`SHARED_LENGTH`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
 
 
 def _crc32c_table() -> np.ndarray:
@@ -27,6 +28,12 @@ def _crc32c_table() -> np.ndarray:
 _TABLE = _crc32c_table()
 
 
+SHARED_LENGTH = 8
+"""Records of a length at least this many share are checksummed together with numpy (one pass per
+byte position for all of them); the others, such as images, one by one with TensorBoard's function
+(per byte in Python, but without numpy's per-call cost)."""
+
+
 def masked_crc32c(blobs: list[bytes]) -> np.ndarray:
     """TFRecord's masked CRC32C of each of `blobs`, `[len(blobs)]` uint32."""
     out = np.zeros(len(blobs), dtype=np.uint32)
@@ -34,13 +41,17 @@ def masked_crc32c(blobs: list[bytes]) -> np.ndarray:
     for index, blob in enumerate(blobs):
         by_length.setdefault(len(blob), []).append(index)
     for length, indices in by_length.items():
+        if len(indices) < SHARED_LENGTH:
+            out[indices] = [tensorboard_masked_crc32c(blobs[i]) for i in indices]
+            continue
         data = np.frombuffer(b"".join(blobs[i] for i in indices), dtype=np.uint8).reshape(len(indices), length)
         crc = np.full(len(indices), 0xFFFFFFFF, dtype=np.uint32)
         for column in range(length):
             crc = _TABLE[(crc ^ data[:, column]) & 0xFF] ^ (crc >> 8)
-        out[indices] = crc ^ np.uint32(0xFFFFFFFF)
-    rotated = ((out >> 15) | (out << 17)).astype(np.uint64)
-    return ((rotated + 0xA282EAD8) & 0xFFFFFFFF).astype(np.uint32)
+        crc ^= np.uint32(0xFFFFFFFF)
+        rotated = ((crc >> 15) | (crc << 17)).astype(np.uint64)
+        out[indices] = ((rotated + 0xA282EAD8) & 0xFFFFFFFF).astype(np.uint32)
+    return out
 
 
 def events_file_problem(path: Path) -> str | None:

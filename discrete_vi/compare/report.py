@@ -86,11 +86,11 @@ def write_report_md(runs: list[RunData], out: Path, plots: list[Path], plot_note
     return path
 
 
-def write_report(out: Path, header: str = "") -> tuple[list[RunData], list[Path]]:
-    """Read every run under `out`; write `results.csv`, `report.md` and the plots. Returns the
-    runs and the files written."""
+def write_report(out: Path, header: str = "", runs: list[RunData] | None = None) -> tuple[list[RunData], list[Path]]:
+    """Read every run under `out` (unless `runs` holds them already); write `results.csv`, `report.md`
+    and the plots. Returns the runs and the files written."""
     out = Path(out)
-    runs = find_runs(out)
+    runs = find_runs(out) if runs is None else runs
     written = [out / "results.csv"]
     write_results_csv(runs, written[0])
     try:

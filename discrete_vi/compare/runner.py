@@ -160,20 +160,21 @@ def execute(job: Job) -> Outcome:
     folder = Path(job.folder)
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / LOG_FILE
-    if is_done(folder):
-        return Outcome(job.name, "reused", str(log))
     run_file = folder / RUN_FILE
     record = {"name": job.name, "values": job.values, "fit_args": job.fit_args}
     previous, damage = read_json(run_file)
-    if damage:  # our own record of the run: written again from the job
+    if damage:  # our own record of the run: written again from the job (a finished run's too)
         with open(log, "a") as out:
             out.write(f"\n{run_file} was damaged ({damage}); written again\n")
+        write_json_atomically(run_file, record)
+    if is_done(folder):
+        return Outcome(job.name, "reused", str(log))
     if previous is not None:
         if previous.get("fit_args") != job.fit_args:
             return Outcome(job.name, "failed", str(log), message=(
                 f"{folder} holds a run started with other options ({' '.join(previous.get('fit_args', []))}); "
                 "use another --out, or delete that folder"))
-    else:
+    elif not damage:
         write_json_atomically(run_file, record)
     env = child_environment(job.threads)
     start = time.time()

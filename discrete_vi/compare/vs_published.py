@@ -83,7 +83,7 @@ def estimator_evaluations(class_path: str, init_args: dict) -> int | None:
 
 
 def run_setup(run) -> RunSetup | None:
-    """The configuration of a run (`report.RunData`) from its newest `config.yaml`; None if it has none."""
+    """The configuration of a run (`summary.RunData`) from its newest `config.yaml`; None if it has none."""
     version = latest_version(Path(run.folder))
     path = version / "config.yaml" if version is not None else None
     if path is None or not path.is_file():
