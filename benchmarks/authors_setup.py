@@ -137,7 +137,7 @@ def summary(rows: list[dict]) -> str:
     keys = ("estimator", "network", "init", "output_bias", "adam_eps", "shuffle", "steps")
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault(tuple(row.get(k, "nonlinear") for k in keys), []).append(row)
+        groups.setdefault(tuple(row.get(k, "nonlinear" if k == "network" else None) for k in keys), []).append(row)  # rows before --network were nonlinear
     lines = ["| " + " | ".join(keys) + " | n | train ELBO (authors' way) | s.e. | tail mean | published (seed 1) |",
              "|" + "---|" * (len(keys) + 5)]
     for group, members in groups.items():

@@ -109,7 +109,7 @@ def test_unknown_estimator_and_model_names_list_the_valid_ones(tmp_path, monkeyp
 )
 def test_an_estimator_of_another_training_objective_is_one_line(args, words, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    line = run_failing(["fit", *TINY, "--model.latent_sizes", "[30]", *SMALL_EVAL, *args], tmp_path, capsys)
+    line = run_failing(["fit", *TINY, *MODEL, *args], tmp_path, capsys)
     assert all(word in line for word in words), line
 
 

@@ -213,7 +213,7 @@ def test_autocast_keeps_estimator_arithmetic_in_float32(case):
     # a sum over the K samples of signals (differences of two log-mean-exps, each moved by at most
     # the rounding) times scores or DisARM factors of size <= 1 (this f has no direct term).
     if case.objective == "multi_sample":
-        assert (g16 - g32).abs().max().item() <= 2 * estimator_bound_samples(make()) * f_rounding + 1e-6
+        assert (g16 - g32).abs().max().item() <= 2 * case.bound_samples * f_rounding + 1e-6
     elif case.name not in USES_F_GRADIENT:
         assert (g16 - g32).abs().max().item() <= 2 * f_rounding + 1e-6
     elif case.name in ("StraightThrough", "GumbelSoftmaxST"):
@@ -265,10 +265,6 @@ def test_autocast_keeps_estimator_arithmetic_in_float32(case):
             g0, g1 = double_cv_terms(out16.f_values, out16.samples[0], torch.sigmoid(logits), grads)
             expected = g0 + estimator.alpha.detach() * g1
         torch.testing.assert_close(g16, expected)
-
-
-def estimator_bound_samples(estimator: Estimator) -> int:
-    return estimator.n_samples
 
 
 # --- The multi-sample bound -----------------------------------------------------------------

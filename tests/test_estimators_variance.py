@@ -32,23 +32,26 @@ def logits(request):
     return train_toy(PROBLEM, RLOO(2), steps=1000, measure_every=10**9, n_draws=2, seed=0).final_logits
 
 
-def learn_alpha(estimator: RLOODoubleCV, logits, steps: int = 300, batch: int = 100) -> float:
-    """Learn alpha at fixed logits with Adam at the estimator's own rate (lr 1e-2 here to be quick)."""
-    f = PROBLEM.objective()
-    optimizer = torch.optim.Adam(estimator.parameters(), lr=1e-2)
+def learn_state(estimator, loss: Callable[[], Tensor], steps: int, lr: float) -> None:
+    """Adam on the estimator's own parameters, `loss()` (one estimator call) per step, as in training."""
+    optimizer = torch.optim.Adam(estimator.parameters(), lr=lr)
     for _ in range(steps):
         optimizer.zero_grad()
-        estimator(logits.expand(batch, -1).clone().requires_grad_(True), f).loss.backward()
+        loss().backward()
         optimizer.step()
-    return estimator.alpha.item()
+
+
+def toy_loss(estimator, logits, batch: int = 100) -> Callable[[], Tensor]:
+    f = PROBLEM.objective()
+    return lambda: estimator(logits.expand(batch, -1).clone().requires_grad_(True), f).loss
 
 
 @pytest.fixture(scope="module")
 def variances(logits):
     torch.manual_seed(0)
     double_cv = RLOODoubleCV(2)
-    alpha = learn_alpha(double_cv, logits)
-    assert alpha != 0.0
+    learn_state(double_cv, toy_loss(double_cv, logits), 300, 1e-2)  # alpha at fixed logits, lr 1e-2 to be quick
+    assert double_cv.alpha.item() != 0.0
     estimators = {
         "reinforce": Reinforce(2),
         "rloo": RLOO(2),
@@ -104,7 +107,7 @@ def test_alpha_gradient_is_the_derivative_of_the_second_moment():
     weights = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
     f = lambda b: torch.tanh(b @ weights).sum(-1) ** 2  # noqa: E731
 
-    def second_moment(alpha: float, want_grad: bool = False):
+    def second_moment(alpha: float):
         estimator = RLOODoubleCV(3)
         with torch.no_grad():
             estimator.alpha.fill_(alpha)
@@ -125,20 +128,6 @@ def test_alpha_gradient_is_the_derivative_of_the_second_moment():
 # Adam steps and rate for the learned state at fixed logits. The toy's f is O(1/D), so its
 # gradients are tiny and the network must grow large slopes: a high rate, many steps.
 RODEO_STEPS, RODEO_LR, RODEO_DRAWS, RODEO_CHUNK = 1000, 0.1, 4000, 250
-
-
-def learn_state(estimator, loss: Callable[[], Tensor], steps: int, lr: float) -> None:
-    """Adam on the estimator's own parameters, `loss()` (one estimator call) per step, as in training."""
-    optimizer = torch.optim.Adam(estimator.parameters(), lr=lr)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss().backward()
-        optimizer.step()
-
-
-def toy_loss(estimator, logits, batch: int = 100) -> Callable[[], Tensor]:
-    f = PROBLEM.objective()
-    return lambda: estimator(logits.expand(batch, -1).clone().requires_grad_(True), f).loss
 
 
 def chunked_variance(estimator, logits) -> float:
