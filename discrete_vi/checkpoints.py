@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -75,16 +76,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
+READER_ERRORS = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError)
+"""The errors torch's reader raises with a message that says what is wrong with a file."""
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint on the CPU, or raise CheckpointError saying what is wrong and what to do."""
+    """Load a Lightning checkpoint on the CPU, or raise CheckpointError saying what is wrong and what to do.
+    A zip checkpoint (torch's format since 1.6) is also checked against its CRC-32s, which torch skips."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .ckpt file (or 'last' to resume)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); use another checkpoint of the run")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        with warnings.catch_warnings():  # torch warns of odd pickle protocols in damaged files, then fails
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        damaged = zipfile.ZipFile(path).testzip() if zipfile.is_zipfile(path) else None
+        if damaged is not None:  # torch reads a zip checkpoint without its CRC-32s: a flipped weight would load
+            raise zipfile.BadZipFile(f"{damaged} fails its CRC-32 check")
+    except Exception as error:  # noqa: BLE001 - damaged bytes fail the unpickler in any way (IndexError, KeyError, ...)
         code = re.search(r"GLOBAL (\S+)", str(error))
         if code:
             raise CheckpointError(
@@ -93,7 +104,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                 "torch.load(path, weights_only=False) and save only its state_dict and hyper_parameters again"
             ) from None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "Weights only load failed" in reason:
+        if not isinstance(error, READER_ERRORS) or isinstance(error, UnicodeError):
+            reason = "its data cannot be unpickled"  # the unpickler's own IndexError / KeyError say nothing to a user
+        elif "Weights only load failed" in reason:
             reason = "not a torch checkpoint file"
         reason = reason.split(". ")[0]  # torch's first sentence says what; the rest is about its internals
         raise CheckpointError(

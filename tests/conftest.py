@@ -17,6 +17,13 @@ from helpers import (
 from discrete_vi.exact import exact_chain_objective, exact_objective
 
 
+@pytest.fixture(autouse=True)
+def seeded_draws():
+    """Every test starts from the same random state, whatever ran before it: a draw that a test
+    leaves unseeded is the same on every run (a test that needs other draws seeds them itself)."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def exact_single() -> dict[str, torch.Tensor]:
     """Exact gradients of the single-layer problem w.r.t. the logits and f's parameters, per example."""
