@@ -89,12 +89,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); use another checkpoint of the run")
     try:
+        if zipfile.is_zipfile(path):  # torch reads a zip checkpoint without its CRC-32s: a flipped weight would load
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+            if damaged is not None:
+                raise zipfile.BadZipFile(f"{damaged} fails its CRC-32 check")
         with warnings.catch_warnings():  # torch warns of odd pickle protocols in damaged files, then fails
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        damaged = zipfile.ZipFile(path).testzip() if zipfile.is_zipfile(path) else None
-        if damaged is not None:  # torch reads a zip checkpoint without its CRC-32s: a flipped weight would load
-            raise zipfile.BadZipFile(f"{damaged} fails its CRC-32 check")
     except Exception as error:  # noqa: BLE001 - damaged bytes fail the unpickler in any way (IndexError, KeyError, ...)
         code = re.search(r"GLOBAL (\S+)", str(error))
         if code:

@@ -137,7 +137,7 @@ def test_predict_writes_per_example_scores_in_the_run_folder(tmp_path, monkeypat
              "--data.eval_batch_size", "50", "--trainer.enable_progress_bar", "false"])
     path = tmp_path / "lightning_logs/version_0/predictions.csv"
     assert "lightning_logs/version_0/predictions.csv" in capsys.readouterr().err
-    rows = list(csv.DictReader(path.open()))
+    rows = list(csv.DictReader(path.read_text().splitlines()))
     assert len(rows) == 100 and [int(r["example"]) for r in rows] == list(range(100))
     assert all(float(r["elbo"]) <= float(r["log_likelihood"]) + 1e-4 for r in rows)
     assert all(math.isfinite(float(r["log_likelihood"])) for r in rows)
@@ -280,6 +280,7 @@ def test_a_second_resume_of_a_run_in_use_is_refused(tmp_path, monkeypatch, capsy
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     time.sleep(0.1)
     assert run_cli(["fit", *common, "--trainer.max_steps", "6", "--ckpt_path", "last"]).trainer.global_step == 6
 
